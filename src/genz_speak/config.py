@@ -1,0 +1,221 @@
+"""Typed configuration: one frozen dataclass per `params.yaml` section, and the loader.
+
+Validation is pydantic's (dataclasses with `extra="forbid"`), so an unknown key or a bad value fails
+with the dotted `params.yaml` key that caused it, e.g. ``params.yaml: train.lora.rank: ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+EMBEDDED_STUDENT = "embedded:smollm2-135m-instruct"
+EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+@dataclass(config=_STRICT)
+class SourceConfig:
+    kind: Literal["local", "hub"] = "local"
+    path: str = "data/questions.jsonl"
+    dataset: str = "databricks/databricks-dolly-15k"
+    split: str = "train"
+
+
+@dataclass(config=_STRICT)
+class PrepareConfig:
+    source: SourceConfig = SourceConfig()
+    categories: tuple[str, ...] = ()
+    max_chars: PositiveInt = 3000
+    seed: int = 42
+    heldout_size: PositiveInt = 10
+    validation_size: NonNegInt = 20
+    max_train_rows: PositiveInt | None = None
+    base_model: str = EMBEDDED_STUDENT
+    base_dtype: Dtype = "float32"
+
+
+# ---------------------------------------------------------------------------------------------- generate
+@dataclass(config=_STRICT)
+class SamplingConfig:
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    max_new_tokens: PositiveInt = 384
+    seed: int = 0
+
+
+@dataclass(config=_STRICT)
+class ValidationConfig:
+    min_chars: NonNegInt = 8
+    max_length_ratio: Annotated[float, Field(gt=0.0)] = 4.0
+    keep_numbers: bool = True
+    keep_entities: bool = False
+    max_echo_similarity: Fraction = 0.98
+
+
+@dataclass(config=_STRICT)
+class GenerateConfig:
+    teacher: Literal["rules", "transformers", "openai", "vllm"] = "rules"
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    system_prompt: str = "You rewrite answers in Gen Z voice without changing any fact."
+    prompt_template: str = (
+        "Rewrite the answer below in Gen Z internet slang. Keep every fact, number and name.\n"
+        "Question: {instruction}\n{context}Answer: {response}\nRewritten answer:"
+    )
+    sampling: SamplingConfig = SamplingConfig()
+    batch_size: PositiveInt = 16
+    concurrency: PositiveInt = 8
+    request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
+    max_retries: NonNegInt = 5
+    max_reject_fraction: Fraction = 0.5
+    validation: ValidationConfig = ValidationConfig()
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> GenerateConfig:
+        if self.teacher != "rules" and not self.model:
+            raise ValueError(f"teacher '{self.teacher}' needs generate.model (a model id or local path)")
+        for field in ("{instruction}", "{response}"):
+            if field not in self.prompt_template:
+                raise ValueError(f"prompt_template must contain {field}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------- train
+@dataclass(config=_STRICT)
+class LoraConfig:
+    rank: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(config=_STRICT)
+class TrainConfig:
+    backend: Literal["auto", "unsloth", "transformers"] = "auto"
+    load_in_4bit: bool = False
+    max_seq_length: PositiveInt = 512
+    batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 1
+    epochs: Annotated[float, Field(gt=0.0)] = 2.0
+    max_steps: int = -1
+    learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 5e-4
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    optimizer: Literal["adamw_torch", "adamw_8bit"] = "adamw_torch"
+    gradient_checkpointing: bool = False
+    logging_steps: PositiveInt = 5
+    eval_steps: PositiveInt | None = None
+    seed: int = 42
+    cpu_threads: NonNegInt = 2
+    lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError("max_steps must be -1 (use epochs) or a positive number of steps")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------- merge
+@dataclass(config=_STRICT)
+class MergeConfig:
+    dtype: Dtype = "bfloat16"
+    tolerance: Annotated[float, Field(gt=0.0)] = 0.5
+    check_prompts: PositiveInt = 3
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+@dataclass(config=_STRICT)
+class OfflineJudgeConfig:
+    encoder: str = EMBEDDED_ENCODER
+    max_perplexity: Annotated[float, Field(gt=1.0)] = 1000.0
+
+
+@dataclass(config=_STRICT)
+class LLMJudgeConfig:
+    model: str = "gpt-5-mini"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    reference_guided: bool = False
+    concurrency: PositiveInt = 4
+    request_timeout: Annotated[float, Field(gt=0.0)] = 120.0
+    max_retries: NonNegInt = 4
+
+
+@dataclass(config=_STRICT)
+class EvaluateConfig:
+    judge: Literal["offline", "openai", "both"] = "offline"
+    max_validation: NonNegInt = 10
+    max_new_tokens: PositiveInt = 128
+    batch_size: PositiveInt = 10
+    seed: int = 0
+    bootstrap_samples: PositiveInt = 2000
+    offline: OfflineJudgeConfig = OfflineJudgeConfig()
+    llm: LLMJudgeConfig = LLMJudgeConfig()
+
+
+# -------------------------------------------------------------------------------------------------- plot
+@dataclass(config=_STRICT)
+class PlotConfig:
+    dpi: PositiveInt = 120
+
+
+@dataclass(config=_STRICT)
+class Params:
+    prepare: PrepareConfig = PrepareConfig()
+    generate: GenerateConfig = GenerateConfig()
+    train: TrainConfig = TrainConfig()
+    merge: MergeConfig = MergeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    plot: PlotConfig = PlotConfig()
+
+
+T = TypeVar("T")
+
+
+def _format_error(err: ValidationError, path: Path, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "unexpected_keyword_argument":
+            msg = "unknown key (check its spelling; see params.yaml's comments for the known keys)"
+        lines.append(f"{path}: {key or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse(cls: type[T], data: Any, path: Path = Path("params.yaml"), prefix: str = "") -> T:
+    """Build a config dataclass from plain data; errors name the file and the dotted key."""
+    try:
+        return TypeAdapter(cls).validate_python(data if data is not None else {})
+    except ValidationError as err:
+        raise ValueError(_format_error(err, path, prefix)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate the whole params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: params file not found (run from the project root)")
+    with path.open() as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return parse(Params, data, path)

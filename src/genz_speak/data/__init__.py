@@ -1,0 +1,1 @@
+"""Source questions in Dolly's schema: loading, validation and the deterministic split."""

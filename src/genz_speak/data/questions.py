@@ -1,0 +1,134 @@
+"""Load source questions (Dolly schema) from a local JSONL/Parquet file or a hub dataset, and split them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genz_speak.config import PrepareConfig
+from genz_speak.io import read_jsonl
+
+log = logging.getLogger(__name__)
+
+DOLLY_FIELDS = ("instruction", "context", "response", "category")
+DOLLY_CATEGORIES = frozenset(
+    {
+        "open_qa",
+        "general_qa",
+        "closed_qa",
+        "brainstorming",
+        "classification",
+        "information_extraction",
+        "summarization",
+        "creative_writing",
+    }
+)
+
+
+def row_id(row: dict[str, Any]) -> str:
+    """A stable id from the question's content, so ids survive reordering of the source."""
+    key = "\x1f".join((row["instruction"].strip(), row["context"].strip()))
+    return "q-" + hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+
+
+def validate_rows(raw: list[dict[str, Any]], origin: str) -> list[dict[str, Any]]:
+    """Check Dolly's schema row by row; the error names the origin and the 1-based row (= JSONL line)."""
+    rows = []
+    for i, r in enumerate(raw, start=1):
+        missing = [f for f in ("instruction", "response", "category") if not r.get(f)]
+        if missing:
+            raise ValueError(f"{origin}:{i}: missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}")
+        bad = [f for f in DOLLY_FIELDS if r.get(f) is not None and not isinstance(r[f], str)]
+        if bad:
+            raise ValueError(f"{origin}:{i}: field(s) {bad} must be strings")
+        if r["category"] not in DOLLY_CATEGORIES:
+            raise ValueError(
+                f"{origin}:{i}: unknown category {r['category']!r}; expected one of {sorted(DOLLY_CATEGORIES)}"
+            )
+        row = {f: (r.get(f) or "").strip() for f in DOLLY_FIELDS}
+        row["id"] = row_id(row)
+        rows.append(row)
+    return rows
+
+
+def load_source(cfg: PrepareConfig) -> list[dict[str, Any]]:
+    """Read the configured source into validated rows with ids."""
+    src = cfg.source
+    if src.kind == "hub":
+        # Imported here: `datasets` is heavy and only this path needs it (and a network).
+        from datasets import load_dataset
+
+        log.info("loading %s (split %s) from the hub", src.dataset, src.split)
+        raw = [dict(r) for r in load_dataset(src.dataset, split=src.split)]
+        return validate_rows(raw, f"{src.dataset}[{src.split}]")
+    path = Path(src.path)
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found (params.yaml: prepare.source.path)")
+        raw = pd.read_parquet(path).to_dict(orient="records")
+    elif path.suffix in (".jsonl", ".json"):
+        raw = read_jsonl(path)
+    else:
+        raise ValueError(f"params.yaml: prepare.source.path: {path} must be a .jsonl or .parquet file")
+    return validate_rows(raw, str(path))
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    dropped: dict[str, int]
+
+
+def split_rows(rows: list[dict[str, Any]], cfg: PrepareConfig) -> Split:
+    """Filter, de-duplicate and split deterministically by `cfg.seed`.
+
+    The held-out evaluation questions are drawn first, stratified round-robin over categories so the 10
+    questions cover the task types; duplicates of an instruction never straddle two splits.
+    """
+    dropped = {"category": 0, "too_long": 0, "duplicate": 0}
+    seen: set[str] = set()
+    kept = []
+    for r in rows:
+        if cfg.categories and r["category"] not in cfg.categories:
+            dropped["category"] += 1
+        elif len(r["instruction"]) + len(r["context"]) + len(r["response"]) > cfg.max_chars:
+            dropped["too_long"] += 1
+        elif r["id"] in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(r["id"])
+            kept.append(r)
+    needed = cfg.heldout_size + cfg.validation_size + 1
+    if len(kept) < needed:
+        raise ValueError(
+            f"only {len(kept)} usable rows after filtering; prepare.heldout_size + prepare.validation_size "
+            f"+ 1 = {needed} are needed"
+        )
+    kept.sort(key=lambda r: r["id"])  # order-independent: the split depends on content and seed only
+    rng = random.Random(cfg.seed)
+    rng.shuffle(kept)
+
+    by_cat: dict[str, list[dict[str, Any]]] = {}
+    for r in kept:
+        by_cat.setdefault(r["category"], []).append(r)
+    heldout: list[dict[str, Any]] = []
+    cats = sorted(by_cat)
+    while len(heldout) < cfg.heldout_size:
+        for c in cats:
+            if by_cat[c] and len(heldout) < cfg.heldout_size:
+                heldout.append(by_cat[c].pop())
+    held_ids = {r["id"] for r in heldout}
+    rest = [r for r in kept if r["id"] not in held_ids]
+    validation = rest[: cfg.validation_size]
+    train = rest[cfg.validation_size :]
+    if cfg.max_train_rows is not None:
+        train = train[: cfg.max_train_rows]
+    return Split(train=train, validation=validation, heldout=heldout, dropped=dropped)

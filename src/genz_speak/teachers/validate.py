@@ -1,0 +1,44 @@
+"""Checks every teacher rewrite must pass before it enters the dataset."""
+
+from __future__ import annotations
+
+import re
+from difflib import SequenceMatcher
+
+from genz_speak.config import ValidationConfig
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# A capitalised word not at the start of a sentence: a cheap proxy for a named entity.
+_ENTITY = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
+_REFUSAL = re.compile(
+    r"\b(I can(?:no|')t (?:help|assist|do that)|I'm sorry, but|as an AI( language model)?|I am unable to)\b",
+    re.IGNORECASE,
+)
+
+
+def numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+
+
+def check(source: str, prompt: str, output: str, cfg: ValidationConfig) -> str | None:
+    """Return why `output` is rejected, or None when it passes."""
+    out = output.strip()
+    if len(out) < cfg.min_chars:
+        return f"too short ({len(out)} < {cfg.min_chars} chars)"
+    if len(out) > cfg.max_length_ratio * max(len(source), 40):
+        return f"too long ({len(out)} chars, over {cfg.max_length_ratio}x the source)"
+    if _REFUSAL.search(out) and not _REFUSAL.search(source):
+        return "refusal"
+    if prompt.strip() and out in prompt and len(out) > len(source):
+        return "echo of the prompt"
+    if SequenceMatcher(None, source.strip(), out).ratio() > cfg.max_echo_similarity:
+        return "echo of the source (not restyled)"
+    if cfg.keep_numbers:
+        missing = numbers(source) - numbers(out)
+        if missing:
+            return f"lost numbers: {sorted(missing)}"
+    if cfg.keep_entities:
+        lost = {e for e in _ENTITY.findall(source) if e not in out}
+        if lost:
+            return f"lost names: {sorted(lost)}"
+    return None

@@ -1,0 +1,37 @@
+"""vLLM in-process as the teacher: `LLM.chat` over whole batches with the model's chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from genz_speak.config import GenerateConfig
+from genz_speak.teachers.base import TeacherRequest, TeacherResult
+
+
+class VLLMTeacher:
+    def __init__(self, cfg: GenerateConfig):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as err:
+            raise ImportError("generate.teacher: vllm needs the vllm extra (pip install 'genz-speak[vllm]')") from err
+        self.name = f"vllm:{cfg.model}"
+        self.llm = LLM(model=cfg.model, dtype="bfloat16", seed=cfg.sampling.seed)
+        s = cfg.sampling
+        self.params = SamplingParams(
+            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed
+        )
+
+    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
+        reqs = list(requests)
+        outputs = self.llm.chat([r.messages for r in reqs], self.params, use_tqdm=False)
+        for req, out in zip(reqs, outputs, strict=True):
+            completion = out.outputs[0]
+            yield TeacherResult(
+                id=req.id,
+                text=completion.text,
+                tokens_in=len(out.prompt_token_ids or []),
+                tokens_out=len(completion.token_ids),
+            )
+
+    def close(self) -> None:
+        pass

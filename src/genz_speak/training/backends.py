@@ -1,0 +1,94 @@
+"""Training backends: how the base model is loaded and wrapped with LoRA. The trainer is shared (sft.py).
+
+- `transformers`: transformers + peft, 4-bit through bitsandbytes when `load_in_4bit` (QLoRA).
+- `unsloth`: Unsloth's FastLanguageModel (CUDA only), 4-bit QLoRA with its fused kernels and checkpointing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from genz_speak.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["unsloth", "transformers"]
+
+
+def resolve_backend(cfg: TrainConfig) -> Backend:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cfg.backend == "unsloth" and not cuda:
+        raise ValueError("params.yaml: train.backend: unsloth needs a CUDA GPU; use auto or transformers here")
+    if cfg.backend == "auto":
+        return "unsloth" if cuda and importlib.util.find_spec("unsloth") is not None else "transformers"
+    return cfg.backend
+
+
+@dataclass
+class Prepared:
+    model: Any
+    tokenizer: Any
+    peft_config: Any  # None when the backend already wrapped the model
+
+
+def lora_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "r": cfg.lora.rank,
+        "lora_alpha": cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout,
+        "target_modules": list(cfg.lora.target_modules),
+        "bias": "none",
+    }
+
+
+def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
+    import torch
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from genz_speak.models import load_tokenizer
+
+    cuda = torch.cuda.is_available()
+    compute = torch.bfloat16 if cuda else torch.float32
+    kwargs: dict[str, Any] = {"dtype": compute}
+    if cfg.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    tok = load_tokenizer(base)
+    return Prepared(model, tok, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(cfg)))
+
+
+def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
+    # Unsloth patches transformers/trl at import: it must come before them (sft.py imports trl later).
+    from unsloth import FastLanguageModel
+
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=str(base), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=None
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        random_state=cfg.seed,
+        **lora_kwargs(cfg),
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return Prepared(model, tok, None)
+
+
+def load(backend: Backend, base: Path, cfg: TrainConfig) -> Prepared:
+    log.info("train backend: %s (4-bit: %s)", backend, cfg.load_in_4bit)
+    return load_unsloth(base, cfg) if backend == "unsloth" else load_transformers(base, cfg)

@@ -1,0 +1,148 @@
+"""Supervised fine-tuning with TRL's SFTTrainer on conversational prompt-completion rows.
+
+Loss falls on the assistant completion only (TRL's `completion_only_loss`), which works with any chat
+template: no `{% generation %}` markers or response-marker strings to keep in sync with the template.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from genz_speak.config import TrainConfig
+from genz_speak.data.chat import prompt_completion
+from genz_speak.training import backends
+
+log = logging.getLogger(__name__)
+
+
+def _live_callback(live_dir: Path) -> Any:
+    from dvclive import Live
+    from dvclive.huggingface import DVCLiveCallback
+
+    class StepAlignedDVCLive(DVCLiveCallback):
+        """DVCLive's callback counts log calls as steps; align its step with the optimizer step instead,
+        so train and eval curves share one x-axis."""
+
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.live.step = state.global_step
+            super().on_log(args, state, control, **kwargs)
+
+    # Inside a DVC stage DVCLive must neither rewrite dvc.yaml nor create an experiment of its own.
+    return StepAlignedDVCLive(live=Live(str(live_dir), dvcyaml=None, save_dvc_exp=False), log_model=False)
+
+
+def check_masking(dataset: Any) -> dict[str, int]:
+    """Count trained (completion) tokens; fail when masking left nothing to learn from."""
+    masks = dataset["completion_mask"]
+    per_row = [sum(m) for m in masks]
+    empty = sum(n == 0 for n in per_row)
+    stats = {"rows": len(per_row), "completion_tokens": sum(per_row), "rows_fully_masked": empty}
+    if not per_row or stats["completion_tokens"] == 0 or empty > len(per_row) // 2:
+        raise ValueError(
+            f"loss masking left {empty}/{len(per_row)} rows with no trained token: the completion is "
+            "truncated away (raise train.max_seq_length) or the chat template drops the assistant turn"
+        )
+    if empty:
+        log.warning("%d rows have no completion token left after truncation to %d", empty, len(masks[0]))
+    return stats
+
+
+def train(
+    cfg: TrainConfig, rows: list[dict[str, Any]], base_dir: Path, out_dir: Path, live_dir: Path
+) -> dict[str, Any]:
+    """Train a LoRA adapter on the dataset's train split (validation split for eval loss); save it."""
+    import torch
+
+    from genz_speak.models import device, set_cpu_threads
+
+    set_cpu_threads(cfg.cpu_threads)
+    backend = backends.resolve_backend(cfg)
+    prepared = backends.load(backend, base_dir, cfg)  # before trl: unsloth must patch first
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    train_rows = [prompt_completion(r) for r in rows if r["split"] == "train"]
+    eval_rows = [prompt_completion(r) for r in rows if r["split"] == "validation"]
+    if not train_rows:
+        raise ValueError("the dataset has no rows with split == 'train'")
+    cuda = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(out_dir.with_name(out_dir.name + ".work")),
+        max_length=cfg.max_seq_length,
+        completion_only_loss=True,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optimizer if cfg.optimizer != "adamw_8bit" else "adamw_bnb_8bit",
+        gradient_checkpointing=cfg.gradient_checkpointing and backend == "transformers",
+        logging_steps=cfg.logging_steps,
+        eval_strategy=("steps" if cfg.eval_steps else "epoch") if eval_rows else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="no",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=not cuda,
+        bf16=cuda,
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(
+        model=prepared.model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=prepared.tokenizer,
+        peft_config=prepared.peft_config,
+        callbacks=[_live_callback(live_dir)],
+    )
+    masking = check_masking(trainer.train_dataset)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.monotonic()
+    result = trainer.train()
+    wall = time.monotonic() - start
+
+    trainer.model.save_pretrained(out_dir)
+    prepared.tokenizer.save_pretrained(out_dir)
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    tokens = max((h.get("num_tokens", 0) for h in history), default=0)
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return {
+        "backend": backend,
+        "device": str(device()) if not cuda else torch.cuda.get_device_name(),
+        "load_in_4bit": cfg.load_in_4bit,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "train_rows": len(train_rows),
+        "final_loss": round(losses[-1], 4) if losses else None,
+        "min_loss": round(min(losses), 4) if losses else None,
+        "train_loss_mean": round(result.training_loss, 4),
+        "eval_loss": round(eval_losses[-1], 4) if eval_losses else None,
+        "tokens": int(tokens),
+        "completion_tokens": masking["completion_tokens"],
+        "rows_fully_masked": masking["rows_fully_masked"],
+        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "wall_s": round(wall, 1),
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
+        "trainable_parameters": trainable,
+    }

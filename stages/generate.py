@@ -1,0 +1,34 @@
+"""generate: the teacher rewrites each train/validation answer in Gen Z voice, keeping the facts.
+
+    python stages/generate.py --data-dir data/prepare --out-dir data/generate \
+        --cache .cache/generate.jsonl --metrics metrics/generate.json
+
+Reads `generate` from params.yaml and {train,validation}.jsonl from --data-dir. Writes
+genz_dataset.jsonl (id, split, category, instruction, context, source_response, output, teacher) and
+rejects.jsonl (id, split, reason) under --out-dir, and counts and speed to --metrics. Every rewrite is
+appended to --cache as it finishes, so a killed run resumes and an unchanged row is never paid for twice.
+"""
+
+from pathlib import Path
+
+from genz_speak import stage
+from genz_speak.io import read_jsonl
+from genz_speak.teachers import build_teacher
+from genz_speak.teachers.run import generate
+
+
+def main() -> None:
+    p = stage.parser(__doc__)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    args = p.parse_args()
+    cfg = stage.start("generate", args)
+
+    splits = {name: read_jsonl(args.data_dir / f"{name}.jsonl") for name in ("train", "validation")}
+    generate(cfg, splits, build_teacher(cfg), args.out_dir, args.cache, args.metrics)
+
+
+if __name__ == "__main__":
+    main()
