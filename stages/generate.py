@@ -3,7 +3,8 @@
     python stages/generate.py --data-dir data/prepare --out-dir data/generate \
         --cache .cache/generate.jsonl --metrics metrics/generate.json
 
-Reads `generate` from params.yaml and {train,validation}.jsonl from --data-dir. Writes
+Reads `generate` from params.yaml and {train,validation,heldout}.jsonl from --data-dir (held-out rewrites
+are the "Train" reference in evaluation, never trained on). Writes
 genz_dataset.jsonl (id, split, category, instruction, context, source_response, output, teacher) and
 rejects.jsonl (id, split, reason) under --out-dir, and counts and speed to --metrics. Every rewrite is
 appended to --cache as it finishes, so a killed run resumes and an unchanged row is never paid for twice.
@@ -26,7 +27,9 @@ def main() -> None:
     args = p.parse_args()
     cfg = stage.start("generate", args)
 
-    splits = {name: read_jsonl(args.data_dir / f"{name}.jsonl") for name in ("train", "validation")}
+    splits = {
+        name: read_jsonl(args.data_dir / f"{name}.jsonl") for name in ("train", "validation", "heldout")
+    }
     generate(cfg, splits, build_teacher(cfg), args.out_dir, args.cache, args.metrics)
 
 

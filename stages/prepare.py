@@ -30,7 +30,11 @@ def main() -> None:
     write_json(
         args.metrics,
         {
-            "rows": {"train": len(split.train), "validation": len(split.validation), "heldout": len(split.heldout)},
+            "rows": {
+                "train": len(split.train),
+                "validation": len(split.validation),
+                "heldout": len(split.heldout),
+            },
             "dropped": split.dropped,
             "base_model": model_info,
         },

@@ -99,7 +99,16 @@ class LoraConfig:
     rank: PositiveInt = 16
     alpha: PositiveInt = 32
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    top_layers: PositiveInt | None = None  # adapt only the last N decoder layers (None = all)
 
 
 @dataclass(config=_STRICT)
@@ -109,9 +118,9 @@ class TrainConfig:
     max_seq_length: PositiveInt = 512
     batch_size: PositiveInt = 8
     gradient_accumulation_steps: PositiveInt = 1
-    epochs: Annotated[float, Field(gt=0.0)] = 2.0
+    epochs: Annotated[float, Field(gt=0.0)] = 1.0
     max_steps: int = -1
-    learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 5e-4
+    learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-3
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
@@ -151,6 +160,9 @@ class LLMJudgeConfig:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     reference_guided: bool = False
+    json_schema: bool = True
+    price_in_per_mtok: Annotated[float, Field(ge=0.0)] = 0.25  # USD per million tokens, for the cost estimate
+    price_out_per_mtok: Annotated[float, Field(ge=0.0)] = 2.0
     concurrency: PositiveInt = 4
     request_timeout: Annotated[float, Field(gt=0.0)] = 120.0
     max_retries: NonNegInt = 4

@@ -49,10 +49,14 @@ class ChatGenerator:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             prompts = [
-                self.tokenizer.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True)
+                self.tokenizer.apply_chat_template(
+                    conversations[i], tokenize=False, add_generation_prompt=True
+                )
                 for i in idx
             ]
-            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device())
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                device()
+            )
             torch.manual_seed(seed + start)
             sample = temperature > 0
             with torch.inference_mode():

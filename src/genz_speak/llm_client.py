@@ -41,7 +41,8 @@ def make_client(base_url: str | None, api_key_env: str, timeout: float) -> opena
     if not key:
         if base_url is None:
             raise ValueError(
-                f"the OpenAI API needs a key: export {api_key_env}=... (the params name the variable, never the key)"
+                f"the OpenAI API needs a key: export {api_key_env}=... "
+                "(the params name the variable, never the key)"
             )
         key = "unused"  # local OpenAI-compatible servers usually accept any key
     # Retries are ours (tenacity), so the client's own are off and every retry is counted once.

@@ -73,7 +73,9 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
         folder = embedded_student_dir()
         log.info("converting %s/%s to a transformers folder", folder, EMBEDDED_GGUF)
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype(dtype)
+        )
         # The weights are dequantised on load; without this the saved folder claims to be GGUF-quantised.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -95,7 +97,12 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    return {"origin": origin, "architecture": type(model).__name__, "parameters": str(n_params), "dtype": dtype}
+    return {
+        "origin": origin,
+        "architecture": type(model).__name__,
+        "parameters": str(n_params),
+        "dtype": dtype,
+    }
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "right") -> PreTrainedTokenizerBase:

@@ -41,13 +41,16 @@ def validate_rows(raw: list[dict[str, Any]], origin: str) -> list[dict[str, Any]
     for i, r in enumerate(raw, start=1):
         missing = [f for f in ("instruction", "response", "category") if not r.get(f)]
         if missing:
-            raise ValueError(f"{origin}:{i}: missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}")
+            raise ValueError(
+                f"{origin}:{i}: missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}"
+            )
         bad = [f for f in DOLLY_FIELDS if r.get(f) is not None and not isinstance(r[f], str)]
         if bad:
             raise ValueError(f"{origin}:{i}: field(s) {bad} must be strings")
         if r["category"] not in DOLLY_CATEGORIES:
             raise ValueError(
-                f"{origin}:{i}: unknown category {r['category']!r}; expected one of {sorted(DOLLY_CATEGORIES)}"
+                f"{origin}:{i}: unknown category {r['category']!r}; "
+                f"expected one of {sorted(DOLLY_CATEGORIES)}"
             )
         row = {f: (r.get(f) or "").strip() for f in DOLLY_FIELDS}
         row["id"] = row_id(row)

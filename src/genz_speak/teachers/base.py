@@ -38,7 +38,9 @@ class Teacher(Protocol):
 
 def build_messages(cfg: GenerateConfig, row: dict[str, Any]) -> list[dict[str, str]]:
     context = f"Context: {row['context']}\n" if row.get("context") else ""
-    user = cfg.prompt_template.format(instruction=row["instruction"], context=context, response=row["response"])
+    user = cfg.prompt_template.format(
+        instruction=row["instruction"], context=context, response=row["response"]
+    )
     messages = [{"role": "user", "content": user}]
     if cfg.system_prompt:
         messages.insert(0, {"role": "system", "content": cfg.system_prompt})

@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible chat server as the teacher (OpenAI, `vllm serve`, llama.cpp, Ollama, `genz-speak serve`)."""
+"""Any OpenAI-compatible chat server as the teacher: OpenAI, `vllm serve`, llama.cpp's server, Ollama."""
 
 from __future__ import annotations
 

@@ -16,12 +16,31 @@ from collections.abc import Iterable, Iterator
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 
 OPENERS = (
-    "ngl,", "okay so", "bestie,", "lowkey,", "fr,", "not gonna lie,", "real talk:", "ok bestie,", "say less:",
-    "no bc", "hear me out:", "okay okay,",
+    "ngl,",
+    "okay so",
+    "bestie,",
+    "lowkey,",
+    "fr,",
+    "not gonna lie,",
+    "real talk:",
+    "ok bestie,",
+    "say less:",
+    "no bc",
+    "hear me out:",
+    "okay okay,",
 )
 CLOSERS = (
-    "no cap.", "fr fr.", "it's giving main character energy ✨", "periodt.", "that's the tea ☕", "iykyk.",
-    "slay 💅", "and that's on period.", "rent free in my head 🧠", "we love to see it 🙌", "W knowledge 🔥",
+    "no cap.",
+    "fr fr.",
+    "it's giving main character energy ✨",
+    "periodt.",
+    "that's the tea ☕",
+    "iykyk.",
+    "slay 💅",
+    "and that's on period.",
+    "rent free in my head 🧠",
+    "we love to see it 🙌",
+    "W knowledge 🔥",
     "you're welcome bestie 💅",
 )
 ASIDES = ("(no cap)", "(fr)", "(deadass)", "(real)", "(iykyk)", "(it's true bestie)")
@@ -54,11 +73,12 @@ SWAPS = {
 _SWAP_RE = re.compile(r"\b(" + "|".join(sorted(SWAPS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
 
 
-_COMMON_STARTS = frozenset(
+_COMMON_WORDS = (
     "a an the it its this that these those there they we you your yes no in on at for from to by with "
     "each every some many most one two three four five six seven eight nine ten be give keep use set "
-    "water sunlight light bake go pick try start add wake carry drink listen exercise plan".split()
+    "water sunlight light bake go pick try start add wake carry drink listen exercise plan"
 )
+_COMMON_STARTS = frozenset(_COMMON_WORDS.split())
 
 
 def _swap(match: re.Match[str]) -> str:

@@ -68,7 +68,12 @@ class Progress:
         eta = (self.total - self.done) / rate if rate else float("inf")
         log.info(
             "generate: %d/%d rows, %.2f rows/s, ETA %.0fs, failures %d, retries %d",
-            self.done, self.total, rate, eta, self.failed, self.retries,
+            self.done,
+            self.total,
+            rate,
+            eta,
+            self.failed,
+            self.retries,
         )
 
 
@@ -100,8 +105,13 @@ def generate(
         for _, r in rows
         if keys[r["id"]] not in cached
     ]
-    log.info("generate: %d rows, %d cached, %d to rewrite with teacher %s", len(rows), len(rows) - len(todo),
-             len(todo), teacher.name)
+    log.info(
+        "generate: %d rows, %d cached, %d to rewrite with teacher %s",
+        len(rows),
+        len(rows) - len(todo),
+        len(todo),
+        teacher.name,
+    )
     progress = Progress(total=len(todo))
     failures: dict[str, str] = {}
     start = time.monotonic()
@@ -114,8 +124,13 @@ def generate(
                 if res.text is None:
                     failures[res.id] = res.error or "teacher failed"
                     continue
-                rec = {"key": keys[res.id], "id": res.id, "output": res.text,
-                       "tokens_in": res.tokens_in, "tokens_out": res.tokens_out}
+                rec = {
+                    "key": keys[res.id],
+                    "id": res.id,
+                    "output": res.text,
+                    "tokens_in": res.tokens_in,
+                    "tokens_out": res.tokens_out,
+                }
                 cache.write(rec)
                 cached[rec["key"]] = rec
     teacher.close()
@@ -132,11 +147,18 @@ def generate(
         if reason:
             rejects.append({"id": r["id"], "split": split, "reason": reason, "output": rec["output"]})
             continue
-        dataset.append({
-            "id": r["id"], "split": split, "category": r["category"], "instruction": r["instruction"],
-            "context": r["context"], "source_response": r["response"], "output": rec["output"].strip(),
-            "teacher": teacher.name if cfg.teacher == "rules" else f"{cfg.teacher}:{cfg.model}",
-        })
+        dataset.append(
+            {
+                "id": r["id"],
+                "split": split,
+                "category": r["category"],
+                "instruction": r["instruction"],
+                "context": r["context"],
+                "source_response": r["response"],
+                "output": rec["output"].strip(),
+                "teacher": teacher.name if cfg.teacher == "rules" else f"{cfg.teacher}:{cfg.model}",
+            }
+        )
     write_jsonl(out_dir / "genz_dataset.jsonl", dataset)
     write_jsonl(out_dir / "rejects.jsonl", rejects)
     metrics = {

@@ -13,7 +13,9 @@ class VLLMTeacher:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as err:
-            raise ImportError("generate.teacher: vllm needs the vllm extra (pip install 'genz-speak[vllm]')") from err
+            raise ImportError(
+                "generate.teacher: vllm needs the vllm extra (pip install 'genz-speak[vllm]')"
+            ) from err
         self.name = f"vllm:{cfg.model}"
         self.llm = LLM(model=cfg.model, dtype="bfloat16", seed=cfg.sampling.seed)
         s = cfg.sampling

@@ -24,7 +24,9 @@ def resolve_backend(cfg: TrainConfig) -> Backend:
 
     cuda = torch.cuda.is_available()
     if cfg.backend == "unsloth" and not cuda:
-        raise ValueError("params.yaml: train.backend: unsloth needs a CUDA GPU; use auto or transformers here")
+        raise ValueError(
+            "params.yaml: train.backend: unsloth needs a CUDA GPU; use auto or transformers here"
+        )
     if cfg.backend == "auto":
         return "unsloth" if cuda and importlib.util.find_spec("unsloth") is not None else "transformers"
     return cfg.backend
@@ -37,8 +39,13 @@ class Prepared:
     peft_config: Any  # None when the backend already wrapped the model
 
 
-def lora_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+def lora_kwargs(cfg: TrainConfig, num_layers: int) -> dict[str, Any]:
+    top = cfg.lora.top_layers
+    if top is not None and top > num_layers:
+        raise ValueError(f"params.yaml: train.lora.top_layers: {top} > the model's {num_layers} layers")
     return {
+        # Adapting only the top layers also stops backpropagation there: the CPU demo's main saving.
+        "layers_to_transform": list(range(num_layers - top, num_layers)) if top else None,
         "r": cfg.lora.rank,
         "lora_alpha": cfg.lora.alpha,
         "lora_dropout": cfg.lora.dropout,
@@ -68,7 +75,9 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     tok = load_tokenizer(base)
-    return Prepared(model, tok, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(cfg)))
+    return Prepared(
+        model, tok, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(cfg, model.config.num_hidden_layers))
+    )
 
 
 def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
@@ -82,7 +91,7 @@ def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
         model,
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
         random_state=cfg.seed,
-        **lora_kwargs(cfg),
+        **lora_kwargs(cfg, model.config.num_hidden_layers),
     )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

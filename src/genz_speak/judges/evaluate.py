@@ -1,0 +1,201 @@
+"""The evaluate stage's engine: answers from the base and merged models, judged, summarised, reported."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from genz_speak.config import EvaluateConfig
+from genz_speak.data.chat import user_message
+from genz_speak.generation import ChatGenerator
+from genz_speak.io import atomic_open, write_jsonl
+from genz_speak.judges.offline import CRITERIA, OfflineJudge
+from genz_speak.reports.stats import spearman, summarize
+
+log = logging.getLogger(__name__)
+
+# The original project's comparison, plus the base model's own answers.
+GROUPS = {
+    "base": "Base (raw instruction)",
+    "base_model": "Base model answers",
+    "gen": "Gen (fine-tuned answers)",
+    "train": "Train (teacher outputs)",
+}
+# Which LLM criterion each offline criterion is held to.
+AGREEMENT = {"style": "genz_style", "content": "helpfulness", "fluency": "coherence"}
+
+
+def _questions(
+    cfg: EvaluateConfig, heldout: list[dict[str, Any]], validation: list[dict[str, Any]]
+) -> list[dict]:
+    return [{**q, "set": "heldout"} for q in heldout] + [
+        {**q, "set": "validation"} for q in validation[: cfg.max_validation]
+    ]
+
+
+def answer(
+    cfg: EvaluateConfig, model_dir: Path, questions: list[dict[str, Any]]
+) -> tuple[ChatGenerator, list[str]]:
+    """Greedy answers from the model in `model_dir` (kept loaded: the base model also scores fluency)."""
+    from genz_speak.models import device
+
+    gen = ChatGenerator(model_dir, dtype="bfloat16" if device().type == "cuda" else "float32")
+    outs = gen.generate(
+        [[{"role": "user", "content": user_message(q)}] for q in questions],
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+    )
+    return gen, [o.text for o in outs]
+
+
+def build_records(
+    questions: list[dict[str, Any]],
+    base_answers: list[str],
+    gen_answers: list[str],
+    teacher: dict[str, str],
+) -> list[dict[str, Any]]:
+    records = []
+    for q, base_a, gen_a in zip(questions, base_answers, gen_answers, strict=True):
+        texts = {"base": q["instruction"], "base_model": base_a, "gen": gen_a, "train": teacher.get(q["id"])}
+        for group, text in texts.items():
+            if text is None:  # the teacher's rewrite of this question was rejected
+                continue
+            records.append(
+                {
+                    "id": q["id"],
+                    "set": q["set"],
+                    "category": q["category"],
+                    "group": group,
+                    "question": user_message(q),
+                    "reference": q["response"],
+                    "text": text,
+                }
+            )
+    return records
+
+
+def summarize_groups(
+    cfg: EvaluateConfig, records: list[dict[str, Any]], criteria: list[str]
+) -> dict[str, Any]:
+    return {
+        group: {
+            c: summarize([r.get(c) for r in records if r["group"] == group], cfg.bootstrap_samples, cfg.seed)
+            for c in criteria
+        }
+        for group in GROUPS
+    }
+
+
+def report_table(groups: dict[str, Any], criteria: list[str]) -> str:
+    head = "| group | " + " | ".join(criteria) + " |\n|---|" + "---|" * len(criteria) + "\n"
+    rows = []
+    for group, label in GROUPS.items():
+        cells = []
+        for c in criteria:
+            s = groups[group][c]
+            cells.append(
+                "–"
+                if s["mean"] is None
+                else f"{s['mean']:.2f} ± {s['std']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] (n={s['n']})"
+            )
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def evaluate(
+    cfg: EvaluateConfig,
+    base_dir: Path,
+    merged_dir: Path,
+    heldout: list[dict[str, Any]],
+    validation: list[dict[str, Any]],
+    dataset: list[dict[str, Any]],
+    out_dir: Path,
+    judge_cache: Path,
+) -> tuple[dict[str, Any], str]:
+    """Write answers and per-answer scores under `out_dir`; return metrics and a markdown report."""
+    questions = _questions(cfg, heldout, validation)
+    base_model, base_answers = answer(cfg, base_dir, questions)
+    _, gen_answers = answer(cfg, merged_dir, questions)
+    records = build_records(questions, base_answers, gen_answers, {r["id"]: r["output"] for r in dataset})
+    write_jsonl(
+        out_dir / "answers.jsonl",
+        [
+            {
+                "id": q["id"],
+                "set": q["set"],
+                "question": user_message(q),
+                "reference": q["response"],
+                "base_model": b,
+                "gen": g,
+            }
+            for q, b, g in zip(questions, base_answers, gen_answers, strict=True)
+        ],
+    )
+
+    metrics: dict[str, Any] = {"questions": len(questions), "judge": cfg.judge}
+    criteria: list[str] = []
+    if cfg.judge in ("offline", "both"):
+        judge = OfflineJudge(cfg.offline, dataset, base_model.model, base_model.tokenizer)
+        for rec, s in zip(
+            records, judge.score([r["text"] for r in records], [r["reference"] for r in records]), strict=True
+        ):
+            rec.update(s)
+        criteria += list(CRITERIA)
+        metrics["style_classifier"] = {
+            "heldout_accuracy": round(judge.classifier.heldout_accuracy, 4),
+            "train_texts": judge.classifier.train_rows,
+            "test_texts": judge.classifier.test_rows,
+        }
+    if cfg.judge in ("openai", "both"):
+        metrics["llm_judge"] = _llm_judge(cfg, records, judge_cache)
+        criteria += list(AGREEMENT.values())
+    metrics["groups"] = summarize_groups(cfg, records, criteria)
+    if cfg.judge == "both":
+        metrics["agreement_spearman"] = {
+            f"{off}_vs_{llm}": spearman([r.get(off) for r in records], [r.get(llm) for r in records])
+            for off, llm in AGREEMENT.items()
+        }
+    write_jsonl(out_dir / "scores.jsonl", records)
+    report = "# genz-speak evaluation\n\n" + report_table(metrics["groups"], criteria)
+    if "style_classifier" in metrics:
+        report += (
+            f"\nStyle classifier held-out accuracy: {metrics['style_classifier']['heldout_accuracy']:.3f}\n"
+        )
+    return metrics, report
+
+
+def _llm_judge(cfg: EvaluateConfig, records: list[dict[str, Any]], cache: Path) -> dict[str, Any]:
+    from genz_speak.judges.llm import LLM_CRITERIA, LLMJudge
+
+    judge = LLMJudge(cfg.llm, cache)
+    verdicts = judge.judge([(r["question"], r["text"], r["reference"]) for r in records])
+    judge.close()
+    for rec, v in zip(records, verdicts, strict=True):
+        for c in LLM_CRITERIA:
+            rec[c] = v.scores[c] if v.scores else None
+        rec["rationale"] = v.rationale
+        if v.error:
+            rec["judge_error"] = v.error
+    failed = sum(v.scores is None for v in verdicts)
+    if failed:
+        log.warning("%d of %d judgements failed; see judge_error in scores.jsonl", failed, len(verdicts))
+    cost = (
+        judge.tokens_in / 1e6 * cfg.llm.price_in_per_mtok
+        + judge.tokens_out / 1e6 * cfg.llm.price_out_per_mtok
+    )
+    return {
+        "model": cfg.llm.model,
+        "judgements": len(verdicts),
+        "failed": failed,
+        "cached": sum(v.cached for v in verdicts),
+        "requests": judge.requests,
+        "tokens_in": judge.tokens_in,
+        "tokens_out": judge.tokens_out,
+        "cost_usd": round(cost, 4),
+    }
+
+
+def write_report(path: Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)

@@ -1,0 +1,164 @@
+"""The LLM judge: a rubric scored 0-10 per criterion through any OpenAI-compatible server.
+
+Replies are requested as strict JSON schema where the server supports it and are parsed and validated
+either way; an invalid or out-of-range reply is retried, then recorded as a failed judgement. Verdicts
+are cached by (judge model, rubric, question, answer), so re-running evaluation costs nothing for
+unchanged answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genz_speak.config import LLMJudgeConfig
+from genz_speak.io import AppendLog, read_jsonl_tolerant
+from genz_speak.llm_client import MalformedReply, call_with_retries, chat_text, make_client, map_concurrent
+
+log = logging.getLogger(__name__)
+
+LLM_CRITERIA = ("genz_style", "helpfulness", "coherence")
+
+RUBRIC = (
+    "You are grading one answer written by a chat assistant. Score each criterion from 0 to 10:\n"
+    "- genz_style: how convincingly the answer uses Gen Z / internet-slang voice "
+    "(0 = plain formal prose, 10 = fluent, natural Gen Z voice).\n"
+    "- helpfulness: whether it answers the question and its facts are right "
+    "(0 = useless or wrong, 10 = complete and correct).\n"
+    "- coherence: whether it reads as clear, well-formed text (0 = gibberish, 10 = perfectly clear).\n"
+    "Judge each criterion on its own: slang neither earns nor costs helpfulness points.\n"
+    'Reply with JSON only: {"genz_style": int, "helpfulness": int, "coherence": int, '
+    '"rationale": "one short sentence"}.'
+)
+
+SCHEMA = {
+    "name": "verdict",
+    "strict": True,
+    "schema": {
+        "type": "object",
+        "properties": {
+            **{c: {"type": "integer", "minimum": 0, "maximum": 10} for c in LLM_CRITERIA},
+            "rationale": {"type": "string"},
+        },
+        "required": [*LLM_CRITERIA, "rationale"],
+        "additionalProperties": False,
+    },
+}
+
+
+def parse_verdict(text: str) -> dict[str, Any]:
+    """Validate a judge reply; MalformedReply (retried) when it is not JSON or out of range."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as err:
+        raise MalformedReply(f"verdict is not JSON: {body[:80]!r}") from err
+    if not isinstance(data, dict):
+        raise MalformedReply("verdict is not a JSON object")
+    verdict: dict[str, Any] = {}
+    for c in LLM_CRITERIA:
+        v = data.get(c)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 10:
+            raise MalformedReply(f"verdict {c}={v!r} is not a number in [0, 10]")
+        verdict[c] = float(v)
+    verdict["rationale"] = str(data.get("rationale", ""))[:500]
+    return verdict
+
+
+@dataclass(frozen=True)
+class Judgement:
+    scores: dict[str, float] | None  # criterion -> [0, 1]; None when the judgement failed
+    rationale: str
+    error: str | None
+    cached: bool
+
+
+class LLMJudge:
+    def __init__(self, cfg: LLMJudgeConfig, cache_path: Path):
+        self.cfg = cfg
+        self.client = make_client(cfg.base_url, cfg.api_key_env, cfg.request_timeout)
+        self.cache_path = cache_path
+        self.cache = {rec["key"]: rec for rec in read_jsonl_tolerant(cache_path)}
+        self.requests = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self._lock = threading.Lock()  # requests and token counts are updated from worker threads
+
+    def _key(self, question: str, answer: str, reference: str | None) -> str:
+        blob = json.dumps([self.cfg.model, RUBRIC, question, answer, reference], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _messages(self, question: str, answer: str, reference: str | None) -> list[dict[str, str]]:
+        user = f"Question:\n{question}\n\nAnswer to grade:\n{answer}"
+        if reference is not None:
+            user += f"\n\nA correct reference answer (plain style):\n{reference}"
+        return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
+
+    def _ask(self, item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, str | None]:
+        question, answer, reference = item
+        kwargs: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": self._messages(question, answer, reference),
+        }
+        if not self.cfg.model.startswith("gpt-5"):  # gpt-5 models accept only the default temperature
+            kwargs["temperature"] = 0.0
+
+        def once() -> dict[str, Any]:
+            if self.cfg.json_schema:
+                kwargs["response_format"] = {"type": "json_schema", "json_schema": SCHEMA}
+            with self._lock:
+                self.requests += 1
+            resp = self.client.chat.completions.create(**kwargs)
+            usage = resp.usage
+            with self._lock:
+                self.tokens_in += getattr(usage, "prompt_tokens", 0) or 0
+                self.tokens_out += getattr(usage, "completion_tokens", 0) or 0
+            return parse_verdict(chat_text(resp))
+
+        res = call_with_retries(once, self.cfg.max_retries)
+        return res.value, res.error
+
+    def judge(self, items: list[tuple[str, str, str]]) -> list[Judgement]:
+        """Judge (question, answer, reference) triples; the reference is shown only when reference-guided."""
+        keyed = [
+            (
+                self._key(q, a, r if self.cfg.reference_guided else None),
+                (q, a, r if self.cfg.reference_guided else None),
+            )
+            for q, a, r in items
+        ]
+        todo = list({k: it for k, it in keyed if k not in self.cache}.items())
+        errors: dict[str, str] = {}
+        with AppendLog(self.cache_path) as log_file:
+            for (key, _), (verdict, error) in map_concurrent(
+                lambda kv: self._ask(kv[1]), todo, self.cfg.concurrency
+            ):
+                if verdict is None:
+                    errors[key] = error or "failed"
+                    continue
+                rec = {"key": key, **verdict}
+                log_file.write(rec)
+                self.cache[key] = rec
+        out = []
+        todo_keys = {k for k, _ in todo}
+        for key, _ in keyed:
+            rec = self.cache.get(key)
+            if rec is None:
+                out.append(Judgement(None, "", errors.get(key, "failed"), False))
+            else:
+                out.append(
+                    Judgement(
+                        {c: rec[c] / 10.0 for c in LLM_CRITERIA}, rec["rationale"], None, key not in todo_keys
+                    )
+                )
+        return out
+
+    def close(self) -> None:
+        self.client.close()

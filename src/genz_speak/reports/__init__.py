@@ -1,0 +1,1 @@
+"""Statistics over judged answers, the evaluation report, and plots."""

@@ -1,0 +1,95 @@
+"""Merge a LoRA adapter onto the base reloaded in 16-bit (never onto 4-bit weights) and verify the result."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from genz_speak.config import MergeConfig
+from genz_speak.data.chat import user_message
+
+log = logging.getLogger(__name__)
+
+
+def _check_inputs(tokenizer: Any, rows: list[dict[str, Any]], n: int) -> Any:
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_message(r)}], tokenize=False, add_generation_prompt=True
+        )
+        for r in rows[:n]
+    ]
+    return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def max_logit_diff(a: Any, b: Any, inputs: Any) -> float:
+    """Max |logit difference| over the real (non-padding) positions of `inputs`, computed in float32."""
+    import torch
+
+    with torch.inference_mode():
+        la = a(**inputs).logits.float()
+        lb = b(**inputs).logits.float()
+    mask = inputs["attention_mask"].bool()
+    return float((la - lb).abs()[mask].max())
+
+
+def merge(
+    cfg: MergeConfig, base_dir: Path, adapter_dir: Path, out_dir: Path, check_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Write base + adapter as one model folder; fail when it disagrees with base + adapter too much."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from genz_speak.models import load_tokenizer, torch_dtype
+
+    tokenizer = load_tokenizer(adapter_dir)
+    dtype = torch_dtype(cfg.dtype)
+    # The reference: the 16-bit base + the unmerged adapter, computed in float32. Against it, the check
+    # measures what merging and rounding the merged weights to 16 bits costs, not the base's own rounding.
+    base16_as32 = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float().eval()
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float(), adapter_dir
+    ).eval()
+    merged = (
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), adapter_dir)
+        .merge_and_unload()
+        .eval()
+    )
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    merged.generation_config.save_pretrained(tmp)
+
+    # Verify what was written: reload the saved folder, as a user would, and compare in float32.
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    inputs = _check_inputs(tokenizer, check_rows, cfg.check_prompts)
+    diff = max_logit_diff(reloaded, reference, inputs)
+    adapter_effect = max_logit_diff(base16_as32, reference, inputs)  # shows the check can see the adapter
+    metrics = {
+        "dtype": cfg.dtype,
+        "max_logit_diff": round(diff, 5),
+        "adapter_effect": round(adapter_effect, 5),
+        "tolerance": cfg.tolerance,
+        "check_prompts": int(inputs["input_ids"].shape[0]),
+        "passed": diff <= cfg.tolerance,
+        "files": sorted(p.name for p in tmp.iterdir()),
+    }
+    if diff > cfg.tolerance:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"merged model differs from base + adapter by max |logit diff| {diff:.4f} > merge.tolerance "
+            f"{cfg.tolerance}; the merged folder was not written"
+        )
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    log.info(
+        "merged model written to %s (max |logit diff| %.4f, adapter effect %.4f)",
+        out_dir,
+        diff,
+        adapter_effect,
+    )
+    return metrics

@@ -1,0 +1,47 @@
+"""evaluate: the base and merged models answer held-out (+ validation) questions; judges score them.
+
+    python stages/evaluate.py --base models/prepare --merged models/merge --data-dir data/prepare \
+        --dataset data/generate/genz_dataset.jsonl --out-dir data/evaluate --judge-cache .cache/judge.jsonl \
+        --metrics metrics/evaluate.json --report metrics/report.md
+
+Reads `evaluate` from params.yaml. Writes answers.jsonl and per-answer scores.jsonl under --out-dir, the
+Base / Base model / Gen / Train comparison (mean, std, n, 95% bootstrap interval per criterion) to
+--metrics, and a readable table to --report. LLM-judge verdicts are cached in --judge-cache.
+"""
+
+from pathlib import Path
+
+from genz_speak import stage
+from genz_speak.io import read_jsonl, write_json
+from genz_speak.judges.evaluate import evaluate, write_report
+
+
+def main() -> None:
+    p = stage.parser(__doc__)
+    p.add_argument("--base", type=Path, required=True)
+    p.add_argument("--merged", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--judge-cache", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--report", type=Path, required=True)
+    args = p.parse_args()
+    cfg = stage.start("evaluate", args)
+
+    metrics, report = evaluate(
+        cfg,
+        args.base,
+        args.merged,
+        read_jsonl(args.data_dir / "heldout.jsonl"),
+        read_jsonl(args.data_dir / "validation.jsonl"),
+        read_jsonl(args.dataset),
+        args.out_dir,
+        args.judge_cache,
+    )
+    write_json(args.metrics, metrics)
+    write_report(args.report, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random-weight Llama with the embedded student's tokenizer, and a tiny params file.
+
+Tiny models run with one OpenMP thread: with two, spin-waiting made their steps 30-60x slower here.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import copy
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-64 Llama with random weights and SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from genz_speak.models import EMBEDDED_GGUF, embedded_student_dir
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    tok = AutoTokenizer.from_pretrained(embedded_student_dir(), gguf_file=EMBEDDED_GGUF)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def tiny_params(tiny_model: Path) -> dict[str, Any]:
+    """params.yaml with every stage shrunk to seconds on the tiny model."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = copy.deepcopy(params)
+    p["prepare"].update(base_model=str(tiny_model), max_train_rows=100, validation_size=10)
+    p["train"].update(max_steps=2, batch_size=2, max_seq_length=128, logging_steps=1, cpu_threads=1)
+    p["evaluate"].update(max_validation=2, max_new_tokens=8, bootstrap_samples=200)
+    return p
+
+
+@pytest.fixture
+def tiny_params_dict(tiny_model: Path) -> dict[str, Any]:
+    return tiny_params(tiny_model)
+
+
+def python_env() -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first on PATH (dvc.yaml runs `python`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def copy_project(dest: Path) -> None:
+    """The files a clone of the project has (tracked sources), without outputs."""
+    for name in ("stages", "src", "dvc.yaml", "params.yaml", "data/questions.jsonl", "pyproject.toml"):
+        src = ROOT / name
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, target)
+
+
+@pytest.fixture(scope="session")
+def have_unsloth() -> bool:
+    return importlib.util.find_spec("unsloth") is not None

@@ -1,0 +1,107 @@
+"""The DVC pipeline for real: a git + DVC repo in a temp dir with the tiny config.
+
+The repo is built and reproduced once per session (a template) and copied into each test, as DVC's own
+test fixtures do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, python_env, tiny_params
+
+pytestmark = pytest.mark.slow
+STAGES = ["prepare", "generate", "train", "merge", "evaluate", "plot"]
+
+
+def sh(cwd: Path, *cmd: str, timeout: int = 1200) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=python_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    repo = tmp_path_factory.mktemp("template") / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model), sort_keys=False))
+    (repo / ".gitignore").write_text("/.cache/\n__pycache__/\n")
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "git", "config", "user.name", "test")
+    sh(repo, "git", "config", "user.email", "test@localhost")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "project")
+    out = sh(repo, "dvc", "repro")
+    assert ran(out) == STAGES
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "repro")
+    return repo
+
+
+@pytest.fixture
+def repo(template: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
+def set_param(repo: Path, section: str, key: str, value: object) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_repro_outputs_and_lock(repo: Path) -> None:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert list(lock["stages"]) == STAGES
+    for name in ("models/prepare", "models/train", "models/merge", "data/generate/genz_dataset.jsonl"):
+        assert (repo / name).exists()
+        assert name in (repo / ".gitignore").read_text() + "".join(
+            p.read_text() for p in repo.rglob(".gitignore") if ".dvc" not in p.parts
+        )  # DVC-cached, not in git
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["groups"]["gen"]["style"]["n"] == 12
+
+
+def test_second_repro_does_nothing(repo: Path) -> None:
+    out = sh(repo, "dvc", "repro")
+    assert ran(out) == []
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
+
+
+def test_evaluate_param_reruns_only_evaluate_and_plot(repo: Path) -> None:
+    set_param(repo, "evaluate", "max_new_tokens", 6)
+    assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot"]
+
+
+def test_learning_rate_reruns_train_onward(repo: Path) -> None:
+    set_param(repo, "train", "learning_rate", 0.002)
+    assert ran(sh(repo, "dvc", "repro")) == ["train", "merge", "evaluate", "plot"]
+
+
+def test_exp_run_and_metrics_diff(repo: Path) -> None:
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.learning_rate=0.003")
+    assert ran(out) == ["train", "merge", "evaluate", "plot"]
+    exps = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    experiments = [e for rev in exps for e in (rev.get("experiments") or [])]
+    assert experiments, exps
+    runs = [r for e in experiments for r in e["revs"]]
+    data = runs[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.003
+    assert "final_loss" in data["metrics"]["metrics/train.json"]["data"]
+    # the experiment's results sit in the workspace: diff them against the committed baseline
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    assert "metrics/train.json" in diff and "final_loss" in diff["metrics/train.json"]
+    assert "params.yaml" in json.loads(sh(repo, "dvc", "params", "diff", "--json"))

@@ -1,0 +1,274 @@
+"""Each stage's entry point, run as dvc.yaml runs it, on the tiny model: the output-file contract."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from genz_speak.io import read_jsonl
+from tests.conftest import ROOT, python_env, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def run_stage(workdir: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(ROOT / "stages" / f"{name}.py"), "--params", "params.yaml", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=python_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    d = tmp_path_factory.mktemp("stages")
+    (d / "data").mkdir()
+    shutil.copy(ROOT / "data/questions.jsonl", d / "data/questions.jsonl")
+    (d / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model)))
+    return d
+
+
+@pytest.fixture(scope="module")
+def prepared(workdir: Path) -> Path:
+    run_stage(
+        workdir,
+        "prepare",
+        "--data-dir",
+        "data/prepare",
+        "--model-dir",
+        "models/prepare",
+        "--metrics",
+        "metrics/prepare.json",
+    )
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def generated(prepared: Path) -> Path:
+    run_stage(
+        prepared,
+        "generate",
+        "--data-dir",
+        "data/prepare",
+        "--out-dir",
+        "data/generate",
+        "--cache",
+        ".cache/generate.jsonl",
+        "--metrics",
+        "metrics/generate.json",
+    )
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def trained(generated: Path) -> Path:
+    run_stage(
+        generated,
+        "train",
+        "--dataset",
+        "data/generate/genz_dataset.jsonl",
+        "--base",
+        "models/prepare",
+        "--out",
+        "models/train",
+        "--live-dir",
+        "dvclive/train",
+        "--metrics",
+        "metrics/train.json",
+    )
+    return generated
+
+
+@pytest.fixture(scope="module")
+def merged(trained: Path) -> Path:
+    run_stage(
+        trained,
+        "merge",
+        "--base",
+        "models/prepare",
+        "--adapter",
+        "models/train",
+        "--heldout",
+        "data/prepare/heldout.jsonl",
+        "--out",
+        "models/merge",
+        "--metrics",
+        "metrics/merge.json",
+    )
+    return trained
+
+
+@pytest.fixture(scope="module")
+def evaluated(merged: Path) -> Path:
+    run_stage(
+        merged,
+        "evaluate",
+        "--base",
+        "models/prepare",
+        "--merged",
+        "models/merge",
+        "--data-dir",
+        "data/prepare",
+        "--dataset",
+        "data/generate/genz_dataset.jsonl",
+        "--out-dir",
+        "data/evaluate",
+        "--judge-cache",
+        ".cache/judge.jsonl",
+        "--metrics",
+        "metrics/evaluate.json",
+        "--report",
+        "metrics/report.md",
+    )
+    return merged
+
+
+def metrics(d: Path, name: str) -> dict[str, Any]:
+    return json.loads((d / "metrics" / f"{name}.json").read_text())
+
+
+def test_prepare_contract(prepared: Path) -> None:
+    splits = {n: read_jsonl(prepared / f"data/prepare/{n}.jsonl") for n in ("train", "validation", "heldout")}
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["heldout"])) == (100, 10, 10)
+    for rows in splits.values():
+        assert set(rows[0]) == {"id", "instruction", "context", "response", "category"}
+    model = prepared / "models/prepare"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in model.iterdir()
+    }
+    assert metrics(prepared, "prepare")["rows"] == {"train": 100, "validation": 10, "heldout": 10}
+
+
+def test_generate_contract_and_resume(generated: Path) -> None:
+    rows = read_jsonl(generated / "data/generate/genz_dataset.jsonl")
+    assert len(rows) == 120
+    assert set(rows[0]) == {
+        "id",
+        "split",
+        "category",
+        "instruction",
+        "context",
+        "source_response",
+        "output",
+        "teacher",
+    }
+    assert {r["split"] for r in rows} == {"train", "validation", "heldout"}
+    assert read_jsonl(generated / "data/generate/rejects.jsonl") == []
+    m = metrics(generated, "generate")
+    assert (m["rows"], m["rejected"], m["teacher_calls"]) == (120, 0, 120)
+    # a rerun pays for nothing: every row comes from the cache
+    before = (generated / "data/generate/genz_dataset.jsonl").read_bytes()
+    run_stage(
+        generated,
+        "generate",
+        "--data-dir",
+        "data/prepare",
+        "--out-dir",
+        "data/generate",
+        "--cache",
+        ".cache/generate.jsonl",
+        "--metrics",
+        "metrics/generate.json",
+    )
+    m = metrics(generated, "generate")
+    assert (m["teacher_calls"], m["cache_hits"]) == (0, 120)
+    assert (generated / "data/generate/genz_dataset.jsonl").read_bytes() == before
+
+
+def test_train_contract(trained: Path) -> None:
+    adapter = trained / "models/train"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
+        p.name for p in adapter.iterdir()
+    }
+    m = metrics(trained, "train")
+    assert m["backend"] == "transformers" and m["device"] == "cpu" and m["steps"] == 2
+    assert math.isfinite(m["final_loss"]) and m["final_loss"] > 0
+    assert m["completion_tokens"] > 0 and m["rows_fully_masked"] == 0
+    assert m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0 and m["wall_s"] > 0
+    assert (trained / "dvclive/train/plots/metrics/loss.tsv").is_file()
+    assert not (trained / "dvc.yaml").exists()  # DVCLive must not write a dvc.yaml of its own
+
+
+def test_merge_contract(merged: Path) -> None:
+    files = {p.name for p in (merged / "models/merge").iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    } <= files
+    m = metrics(merged, "merge")
+    assert m["passed"] and m["max_logit_diff"] <= m["tolerance"]
+    assert m["dtype"] == "bfloat16"
+    assert json.loads((merged / "models/merge/config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_merge_fails_above_tolerance_and_writes_nothing(merged: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((merged / "params.yaml").read_text())
+    params["merge"]["tolerance"] = 1e-9
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [
+        sys.executable,
+        str(ROOT / "stages/merge.py"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--base",
+        "models/prepare",
+        "--adapter",
+        "models/train",
+        "--heldout",
+        "data/prepare/heldout.jsonl",
+        "--out",
+        str(tmp_path / "merged"),
+        "--metrics",
+        str(tmp_path / "merge.json"),
+    ]
+    proc = subprocess.run(cmd, cwd=merged, env=python_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "merge.tolerance" in proc.stderr
+    assert not (tmp_path / "merged").exists()
+
+
+def test_evaluate_contract(evaluated: Path) -> None:
+    scores = read_jsonl(evaluated / "data/evaluate/scores.jsonl")
+    assert {s["group"] for s in scores} == {"base", "base_model", "gen", "train"}
+    assert len(scores) == 12 * 4
+    for s in scores:
+        for c in ("style", "content", "fluency"):
+            assert 0.0 <= s[c] <= 1.0
+    answers = read_jsonl(evaluated / "data/evaluate/answers.jsonl")
+    assert len(answers) == 12 and {a["set"] for a in answers} == {"heldout", "validation"}
+    m = metrics(evaluated, "evaluate")
+    assert set(m["groups"]) == {"base", "base_model", "gen", "train"}
+    assert set(m["groups"]["gen"]) == {"style", "content", "fluency"}
+    assert m["groups"]["gen"]["style"]["n"] == 12
+    # the classifier separates the rules teacher's outputs from plain answers on rows it never saw
+    assert m["style_classifier"]["heldout_accuracy"] >= 0.7
+    assert m["groups"]["train"]["style"]["mean"] > m["groups"]["base"]["style"]["mean"]
+    assert "| Gen (fine-tuned answers) |" in (evaluated / "metrics/report.md").read_text()
+
+
+def test_plot_contract(evaluated: Path) -> None:
+    run_stage(
+        evaluated,
+        "plot",
+        "--scores",
+        "data/evaluate/scores.jsonl",
+        "--metrics",
+        "metrics/evaluate.json",
+        "--live-dir",
+        "dvclive/train",
+        "--out-dir",
+        "plots",
+    )
+    for name in ("score_distribution", "comparison_box", "criteria_bars", "training_curves"):
+        png = evaluated / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 5000

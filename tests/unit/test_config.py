@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genz_speak.config import Params, load_params, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAM_FILES = [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.name)
+def test_every_shipped_params_file_parses(path: Path) -> None:
+    params = load_params(path)
+    assert isinstance(params, Params)
+    # every key of the file is a field: nothing silently ignored
+    assert set(yaml.safe_load(path.read_text())) <= {
+        "prepare",
+        "generate",
+        "train",
+        "merge",
+        "evaluate",
+        "plot",
+    }
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  lerning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"params.yaml: train.lerning_rate: unknown key"):
+        load_params(p)
+
+
+def test_nested_bad_value_is_named() -> None:
+    with pytest.raises(ValueError, match=r"train.lora.rank: Input should be greater than 0"):
+        parse(Params, {"train": {"lora": {"rank": 0}}})
+
+
+def test_bad_literal_is_named() -> None:
+    with pytest.raises(ValueError, match=r"generate.teacher"):
+        parse(Params, {"generate": {"teacher": "gpt"}})
+
+
+def test_llm_teacher_needs_a_model() -> None:
+    with pytest.raises(ValueError, match=r"needs generate\.model"):
+        parse(Params, {"generate": {"teacher": "openai"}})
+
+
+def test_prompt_template_must_name_fields() -> None:
+    with pytest.raises(ValueError, match=r"\{response\}"):
+        parse(Params, {"generate": {"prompt_template": "Rewrite {instruction}"}})
+
+
+def test_config_is_frozen() -> None:
+    params = parse(Params, {})
+    with pytest.raises(Exception, match="cannot assign"):
+        params.train.learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_params(bad)
