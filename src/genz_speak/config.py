@@ -143,7 +143,7 @@ class TrainConfig:
 @dataclass(config=_STRICT)
 class MergeConfig:
     dtype: Dtype = "bfloat16"
-    tolerance: Annotated[float, Field(gt=0.0)] = 0.5
+    tolerance: Annotated[float, Field(gt=0.0)] = 1.0
     check_prompts: PositiveInt = 3
 
 
@@ -173,6 +173,7 @@ class EvaluateConfig:
     judge: Literal["offline", "openai", "both"] = "offline"
     max_validation: NonNegInt = 10
     max_new_tokens: PositiveInt = 128
+    repetition_penalty: Annotated[float, Field(ge=1.0)] = 1.2
     batch_size: PositiveInt = 10
     seed: int = 0
     bootstrap_samples: PositiveInt = 2000

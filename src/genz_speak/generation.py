@@ -37,12 +37,12 @@ class ChatGenerator:
         max_new_tokens: int,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
         seed: int = 0,
         batch_size: int = 8,
     ) -> list[Completion]:
         import torch
 
-        out: list[Completion] = []
         # Sort by length so each batch pads little; results are put back in input order.
         order = sorted(range(len(conversations)), key=lambda i: len(str(conversations[i])))
         results: dict[int, Completion] = {}
@@ -67,6 +67,7 @@ class ChatGenerator:
                     temperature=temperature if sample else None,
                     top_p=top_p if sample else None,
                     top_k=None,
+                    repetition_penalty=repetition_penalty,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             new = gen[:, enc["input_ids"].shape[1] :]
@@ -75,5 +76,4 @@ class ChatGenerator:
                 n_out = int((ids != self.tokenizer.pad_token_id).sum())
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 results[i] = Completion(text, int(enc["attention_mask"][row].sum()), n_out)
-        out = [results[i] for i in range(len(conversations))]
-        return out
+        return [results[i] for i in range(len(conversations))]

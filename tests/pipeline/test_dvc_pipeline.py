@@ -69,9 +69,10 @@ def test_repro_outputs_and_lock(repo: Path) -> None:
     assert list(lock["stages"]) == STAGES
     for name in ("models/prepare", "models/train", "models/merge", "data/generate/genz_dataset.jsonl"):
         assert (repo / name).exists()
-        assert name in (repo / ".gitignore").read_text() + "".join(
-            p.read_text() for p in repo.rglob(".gitignore") if ".dvc" not in p.parts
-        )  # DVC-cached, not in git
+        assert sh(repo, "git", "check-ignore", name).strip() == name  # DVC-cached, not in git
+    tracked = sh(repo, "git", "ls-files").split()
+    assert "data/prepare/heldout.jsonl" in tracked and "metrics/evaluate.json" in tracked
+    assert not any(t.startswith("models/") and not t.endswith(".gitignore") for t in tracked)
     assert json.loads((repo / "metrics/evaluate.json").read_text())["groups"]["gen"]["style"]["n"] == 12
 
 
@@ -82,7 +83,7 @@ def test_second_repro_does_nothing(repo: Path) -> None:
 
 
 def test_evaluate_param_reruns_only_evaluate_and_plot(repo: Path) -> None:
-    set_param(repo, "evaluate", "max_new_tokens", 6)
+    set_param(repo, "evaluate", "seed", 1)  # new bootstrap intervals: the metrics change, so plot reruns
     assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot"]
 
 
@@ -105,3 +106,33 @@ def test_exp_run_and_metrics_diff(repo: Path) -> None:
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
     assert "metrics/train.json" in diff and "final_loss" in diff["metrics/train.json"]
     assert "params.yaml" in json.loads(sh(repo, "dvc", "params", "diff", "--json"))
+
+
+def test_param_flipped_back_restores_from_run_cache(repo: Path) -> None:
+    set_param(repo, "evaluate", "seed", 1)
+    assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot"]
+    set_param(repo, "evaluate", "seed", 0)  # the committed value
+    out = sh(repo, "dvc", "repro")
+    assert ran(out) == []
+    assert "Stage 'evaluate' is cached - skipping run, checking out outputs" in out
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
+
+
+def test_push_clone_pull_roundtrip(repo: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    sh(repo, "dvc", "remote", "add", "--local", "-d", "storage", str(remote))
+    sh(repo, "dvc", "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "-d", "storage", str(remote))
+    sh(clone, "dvc", "pull")
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+    assert ran(sh(clone, "dvc", "repro")) == []
+    for folder in ("models/merge", "models/train", "models/prepare"):
+        files = sorted(p.relative_to(repo) for p in (repo / folder).rglob("*") if p.is_file())
+        assert files
+        for f in files:
+            assert (clone / f).read_bytes() == (repo / f).read_bytes(), f
+    assert (clone / "data/generate/genz_dataset.jsonl").read_bytes() == (
+        repo / "data/generate/genz_dataset.jsonl"
+    ).read_bytes()

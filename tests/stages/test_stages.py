@@ -272,3 +272,71 @@ def test_plot_contract(evaluated: Path) -> None:
         png = evaluated / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 5000
+
+
+def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path: Path) -> None:
+    from tests.openai_server import ScriptedServer, serve, verdict_for
+
+    secret = "sk-test-never-logged-0123456789"
+    server = ScriptedServer(
+        ["ok", "429", "ok", "500", "ok", "nonsense", "ok", '{"genz_style": 99}'], verdict_for
+    )
+    with serve(server.app) as url:
+        params = yaml.safe_load((merged / "params.yaml").read_text())
+        params["evaluate"]["judge"] = "both"
+        params["evaluate"]["llm"].update(
+            base_url=url, model="judge", api_key_env="GENZ_TEST_KEY", request_timeout=5
+        )
+        (merged / "params_both.yaml").write_text(yaml.safe_dump(params))
+        args = [
+            "--base",
+            "models/prepare",
+            "--merged",
+            "models/merge",
+            "--data-dir",
+            "data/prepare",
+            "--dataset",
+            "data/generate/genz_dataset.jsonl",
+            "--out-dir",
+            str(tmp_path / "eval"),
+            "--judge-cache",
+            str(tmp_path / "judge.jsonl"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--report",
+            str(tmp_path / "r.md"),
+        ]
+        cmd = [sys.executable, str(ROOT / "stages/evaluate.py"), "--params", "params_both.yaml", *args]
+        env = {**python_env(), "GENZ_TEST_KEY": secret}
+        first = subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
+        assert first.returncode == 0, first.stderr[-3000:]
+        m = json.loads((tmp_path / "m.json").read_text())
+        assert m["llm_judge"]["judgements"] == 48 and m["llm_judge"]["failed"] == 0
+        assert m["llm_judge"]["requests"] == server.counts["requests"] > 48
+        assert set(m["agreement_spearman"]) == {
+            "style_vs_genz_style",
+            "content_vs_helpfulness",
+            "fluency_vs_coherence",
+        }
+        assert set(m["groups"]["gen"]) == {
+            "style",
+            "content",
+            "fluency",
+            "genz_style",
+            "helpfulness",
+            "coherence",
+        }
+        requests = server.counts["requests"]
+        second = subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert server.counts["requests"] == requests  # cached: no request on the second run
+        m2 = json.loads((tmp_path / "m.json").read_text())
+        assert (m2["llm_judge"]["requests"], m2["llm_judge"]["cached"]) == (0, 48)
+    for text in (
+        first.stdout,
+        first.stderr,
+        (tmp_path / "m.json").read_text(),
+        (tmp_path / "eval/scores.jsonl").read_text(),
+        (tmp_path / "judge.jsonl").read_text(),
+    ):
+        assert secret not in text

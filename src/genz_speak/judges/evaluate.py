@@ -44,6 +44,7 @@ def answer(
     outs = gen.generate(
         [[{"role": "user", "content": user_message(q)}] for q in questions],
         max_new_tokens=cfg.max_new_tokens,
+        repetition_penalty=cfg.repetition_penalty,
         batch_size=cfg.batch_size,
     )
     return gen, [o.text for o in outs]
