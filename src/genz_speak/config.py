@@ -118,6 +118,12 @@ class TrainConfig:
     max_seq_length: PositiveInt = 512
     batch_size: PositiveInt = 8
     gradient_accumulation_steps: PositiveInt = 1
+    # Rows per optimizer step stay batch_size * gradient_accumulation_steps; micro_batch re-splits them:
+    # "auto" picks the largest divisor that fits in GPU memory (fewer accumulation steps), an int forces one.
+    micro_batch: Literal["auto"] | PositiveInt | None = None
+    packing: bool = False
+    group_by_length: bool = False
+    pad_to_multiple_of: PositiveInt | None = None
     epochs: Annotated[float, Field(gt=0.0)] = 1.0
     max_steps: int = -1
     learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-3
@@ -136,12 +142,20 @@ class TrainConfig:
     def _check(self) -> TrainConfig:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("max_steps must be -1 (use epochs) or a positive number of steps")
+        effective = self.batch_size * self.gradient_accumulation_steps
+        if isinstance(self.micro_batch, int) and effective % self.micro_batch:
+            raise ValueError(
+                f"micro_batch {self.micro_batch} must divide batch_size * gradient_accumulation_steps"
+            )
+        if self.packing and self.group_by_length:
+            raise ValueError("packing and group_by_length are alternatives; enable one")
         return self
 
 
 # ------------------------------------------------------------------------------------------------- merge
 @dataclass(config=_STRICT)
 class MergeConfig:
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
     dtype: Dtype = "bfloat16"
     tolerance: Annotated[float, Field(gt=0.0)] = 1.0
     check_prompts: PositiveInt = 3

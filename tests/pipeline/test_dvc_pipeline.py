@@ -71,7 +71,7 @@ def test_repro_outputs_and_lock(repo: Path) -> None:
         assert (repo / name).exists()
         assert sh(repo, "git", "check-ignore", name).strip() == name  # DVC-cached, not in git
     tracked = sh(repo, "git", "ls-files").split()
-    assert "data/prepare/heldout.jsonl" in tracked and "metrics/evaluate.json" in tracked
+    assert "metrics/evaluate.json" in tracked and "dvclive/train/plots/metrics/loss.tsv" in tracked
     assert not any(t.startswith("models/") and not t.endswith(".gitignore") for t in tracked)
     assert json.loads((repo / "metrics/evaluate.json").read_text())["groups"]["gen"]["style"]["n"] == 12
 
@@ -92,20 +92,24 @@ def test_learning_rate_reruns_train_onward(repo: Path) -> None:
     assert ran(sh(repo, "dvc", "repro")) == ["train", "merge", "evaluate", "plot"]
 
 
-def test_exp_run_and_metrics_diff(repo: Path) -> None:
-    out = sh(repo, "dvc", "exp", "run", "-S", "train.learning_rate=0.003")
-    assert ran(out) == ["train", "merge", "evaluate", "plot"]
+def test_exp_run_twice_show_and_metrics_diff(repo: Path) -> None:
+    for lr in (0.003, 0.005):
+        out = sh(repo, "dvc", "exp", "run", "-S", f"train.learning_rate={lr}")
+        assert ran(out) == ["train", "merge", "evaluate", "plot"]
     exps = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
-    experiments = [e for rev in exps for e in (rev.get("experiments") or [])]
-    assert experiments, exps
-    runs = [r for e in experiments for r in e["revs"]]
-    data = runs[0]["data"]
-    assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.003
-    assert "final_loss" in data["metrics"]["metrics/train.json"]["data"]
-    # the experiment's results sit in the workspace: diff them against the committed baseline
+    runs = [r["data"] for rev in exps for e in (rev.get("experiments") or []) for r in e["revs"]]
+    assert sorted(r["params"]["params.yaml"]["data"]["train"]["learning_rate"] for r in runs) == [
+        0.003,
+        0.005,
+    ]
+    for r in runs:
+        assert r["metrics"]["metrics/train.json"]["data"]["eval_loss"] > 0
+        assert r["metrics"]["metrics/evaluate.json"]["data"]["groups"]["gen"]["style"]["n"] == 12
+    # the last experiment's results sit in the workspace: diff them against the committed baseline
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
-    assert "metrics/train.json" in diff and "final_loss" in diff["metrics/train.json"]
-    assert "params.yaml" in json.loads(sh(repo, "dvc", "params", "diff", "--json"))
+    assert "eval_loss" in diff["metrics/train.json"]
+    lr = json.loads(sh(repo, "dvc", "params", "diff", "--json"))["params.yaml"]["train.learning_rate"]
+    assert (lr["old"], lr["new"]) == (0.001, 0.005)
 
 
 def test_param_flipped_back_restores_from_run_cache(repo: Path) -> None:

@@ -340,3 +340,53 @@ def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path:
         (tmp_path / "judge.jsonl").read_text(),
     ):
         assert secret not in text
+
+
+def test_qlora_4bit_train_then_merge_onto_16bit_base(generated: Path, tmp_path: Path) -> None:
+    """The QLoRA path (bitsandbytes 4-bit base, 8-bit AdamW) on CPU, then a merge onto the 16-bit base."""
+    pytest.importorskip("bitsandbytes")
+    params = yaml.safe_load((generated / "params.yaml").read_text())
+    params["train"].update(load_in_4bit=True, optimizer="adamw_8bit", max_steps=1)
+    (generated / "params_qlora.yaml").write_text(yaml.safe_dump(params))
+    env = python_env()
+    train = [
+        sys.executable,
+        str(ROOT / "stages/train.py"),
+        "--params",
+        "params_qlora.yaml",
+        "--dataset",
+        "data/generate/genz_dataset.jsonl",
+        "--base",
+        "models/prepare",
+        "--out",
+        str(tmp_path / "adapter"),
+        "--live-dir",
+        str(tmp_path / "live"),
+        "--metrics",
+        str(tmp_path / "train.json"),
+    ]
+    proc = subprocess.run(train, cwd=generated, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "train.json").read_text())
+    assert m["load_in_4bit"] is True and m["steps"] == 1 and math.isfinite(m["final_loss"])
+    merge = [
+        sys.executable,
+        str(ROOT / "stages/merge.py"),
+        "--params",
+        "params_qlora.yaml",
+        "--base",
+        "models/prepare",
+        "--adapter",
+        str(tmp_path / "adapter"),
+        "--heldout",
+        "data/prepare/heldout.jsonl",
+        "--out",
+        str(tmp_path / "merged"),
+        "--metrics",
+        str(tmp_path / "merge.json"),
+    ]
+    proc = subprocess.run(merge, cwd=generated, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((tmp_path / "merged/config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "merge.json").read_text())["passed"]

@@ -45,3 +45,11 @@ def test_fluency_mapping() -> None:
     assert fluency(1000.0, 1000.0) == 0.0
     assert fluency(10.0, 1000.0) == pytest.approx(2 / 3)
     assert fluency(1e9, 1000.0) == 0.0
+
+
+def test_bootstrap_interval_by_hand() -> None:
+    # Resampling [0, 1] twice gives means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and 97.5%
+    # quantiles are exactly 0 and 1.
+    assert bootstrap_ci(np.array([0.0, 1.0]), 4000, 0) == (0.0, 1.0)
+    s = summarize([0.0, 1.0], 4000, 0)
+    assert (s["mean"], s["std"], s["n"], s["ci_low"], s["ci_high"]) == (0.5, 0.5, 2, 0.0, 1.0)

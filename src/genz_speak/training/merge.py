@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -35,6 +36,25 @@ def max_logit_diff(a: Any, b: Any, inputs: Any) -> float:
     return float((la - lb).abs()[mask].max())
 
 
+def _resolve(cfg: MergeConfig) -> str:
+    import torch
+
+    if cfg.backend == "unsloth" and not torch.cuda.is_available():
+        raise ValueError("params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here")
+    if cfg.backend == "auto":
+        cuda = torch.cuda.is_available()
+        return "unsloth" if cuda and importlib.util.find_spec("unsloth") is not None else "peft"
+    return cfg.backend
+
+
+def _save_unsloth(adapter_dir: Path, out: Path, cfg: MergeConfig) -> None:
+    """Unsloth's merged 16-bit save: it reloads the base in 16-bit itself, never merging into 4-bit."""
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False, dtype=None)
+    model.save_pretrained_merged(str(out), tokenizer, save_method="merged_16bit")
+
+
 def merge(
     cfg: MergeConfig, base_dir: Path, adapter_dir: Path, out_dir: Path, check_rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -53,16 +73,19 @@ def merge(
     reference = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float(), adapter_dir
     ).eval()
-    merged = (
-        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), adapter_dir)
-        .merge_and_unload()
-        .eval()
-    )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    merged.generation_config.save_pretrained(tmp)
+    backend = _resolve(cfg)
+    if backend == "unsloth":
+        _save_unsloth(adapter_dir, tmp, cfg)
+    else:
+        merged = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), adapter_dir
+        ).merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        merged.generation_config.save_pretrained(tmp)
+        del merged
 
     # Verify what was written: reload the saved folder, as a user would, and compare in float32.
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
@@ -70,6 +93,7 @@ def merge(
     diff = max_logit_diff(reloaded, reference, inputs)
     adapter_effect = max_logit_diff(base16_as32, reference, inputs)  # shows the check can see the adapter
     metrics = {
+        "backend": backend,
         "dtype": cfg.dtype,
         "max_logit_diff": round(diff, 5),
         "adapter_effect": round(adapter_effect, 5),

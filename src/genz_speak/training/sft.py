@@ -28,6 +28,9 @@ def _live_callback(live_dir: Path) -> Any:
         """DVCLive's callback counts log calls as steps; align its step with the optimizer step instead,
         so train and eval curves share one x-axis."""
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            pass  # the stage's params are in params.yaml and dvc.lock; all TrainingArguments would be noise
+
         def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.live.step = state.global_step
             super().on_log(args, state, control, **kwargs)
@@ -59,6 +62,43 @@ def check_masking(dataset: Any, rows_in: int) -> dict[str, int]:
     return stats
 
 
+def plan_micro_batch(cfg: TrainConfig, model: Any) -> tuple[int, int]:
+    """(rows per device step, accumulation steps) keeping rows per optimizer step fixed.
+
+    "auto" on CUDA probes a forward + backward at max_seq_length for each divisor of the effective batch,
+    largest first, and keeps the first that fits; on CPU memory is not the limit, so it keeps batch_size.
+    """
+    import torch
+
+    effective = cfg.batch_size * cfg.gradient_accumulation_steps
+    if cfg.micro_batch is None:
+        return cfg.batch_size, cfg.gradient_accumulation_steps
+    if isinstance(cfg.micro_batch, int):
+        return cfg.micro_batch, effective // cfg.micro_batch
+    if not torch.cuda.is_available():
+        log.info("micro_batch auto: no CUDA, keeping batch_size %d", cfg.batch_size)
+        return cfg.batch_size, cfg.gradient_accumulation_steps
+    model.train()
+    for micro in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
+        ids = torch.randint(100, 1000, (micro, cfg.max_seq_length), device=model.device)
+        try:
+            model(input_ids=ids, labels=ids).loss.backward()
+        except torch.OutOfMemoryError:
+            log.info("micro_batch auto: %d x %d tokens does not fit", micro, cfg.max_seq_length)
+            continue
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+        log.info(
+            "micro_batch auto: %d rows x %d accumulation steps (%d rows per optimizer step)",
+            micro,
+            effective // micro,
+            effective,
+        )
+        return micro, effective // micro
+    raise RuntimeError(f"micro_batch auto: not even 1 row of {cfg.max_seq_length} tokens fits on the GPU")
+
+
 def train(
     cfg: TrainConfig, rows: list[dict[str, Any]], base_dir: Path, out_dir: Path, live_dir: Path
 ) -> dict[str, Any]:
@@ -79,13 +119,23 @@ def train(
     if not train_rows:
         raise ValueError("the dataset has no rows with split == 'train'")
     cuda = torch.cuda.is_available()
+    model = prepared.model
+    if prepared.peft_config is not None:  # probe with the adapter in place, as training will run
+        from peft import get_peft_model
+
+        model = get_peft_model(model, prepared.peft_config)
+    micro, accum = plan_micro_batch(cfg, model)
     args = SFTConfig(
         output_dir=str(out_dir.with_name(out_dir.name + ".work")),
         max_length=cfg.max_seq_length,
         completion_only_loss=True,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        packing=cfg.packing,
+        padding_free=cfg.packing,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
@@ -107,12 +157,11 @@ def train(
         disable_tqdm=False,
     )
     trainer = SFTTrainer(
-        model=prepared.model,
+        model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=prepared.tokenizer,
-        peft_config=prepared.peft_config,
         callbacks=[_live_callback(live_dir)],
     )
     masking = check_masking(trainer.train_dataset, len(train_rows))
@@ -139,6 +188,9 @@ def train(
         "device": str(device()) if not cuda else torch.cuda.get_device_name(),
         "load_in_4bit": cfg.load_in_4bit,
         "steps": trainer.state.global_step,
+        "micro_batch": micro,
+        "gradient_accumulation_steps": accum,
+        "packing": cfg.packing,
         "epochs": round(trainer.state.epoch or 0.0, 3),
         "train_rows": len(train_rows),
         "final_loss": round(losses[-1], 4) if losses else None,
