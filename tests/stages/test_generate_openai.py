@@ -62,17 +62,18 @@ def workdir(tmp_path: Path, tiny_model: Path) -> Path:
 
 def write_params(workdir: Path, url: str, **generate: Any) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["generate"].update(
-        teacher="openai",
-        model="tiny",
-        base_url=url,
-        api_key_env="GENZ_TEST_KEY",
-        concurrency=4,
-        request_timeout=1.5,
-        max_retries=8,
-        max_reject_fraction=1.0,
+    settings: dict[str, Any] = {
+        "teacher": "openai",
+        "model": "tiny",
+        "base_url": url,
+        "api_key_env": "GENZ_TEST_KEY",
+        "concurrency": 4,
+        "request_timeout": 1.5,
+        "max_retries": 8,
+        "max_reject_fraction": 1.0,
         **generate,
-    )
+    }
+    params["generate"].update(settings)
     params["generate"]["sampling"].update(max_new_tokens=8)
     # The tiny random model writes noise: only the stage's bookkeeping is under test here.
     params["generate"]["validation"].update(

@@ -39,7 +39,7 @@ def _live_callback(live_dir: Path) -> Any:
     return StepAlignedDVCLive(live=Live(str(live_dir), dvcyaml=None, save_dvc_exp=False), log_model=False)
 
 
-def check_masking(dataset: Any, rows_in: int) -> dict[str, int]:
+def check_masking(dataset: Any, rows_in: int, packed: bool = False) -> dict[str, int]:
     """Count trained (completion) tokens; fail when masking left (almost) nothing to learn from.
 
     A row whose completion was truncated away, or whose template dropped the assistant turn, has every
@@ -50,7 +50,8 @@ def check_masking(dataset: Any, rows_in: int) -> dict[str, int]:
         per_row = [sum(t != -100 for t in labels) for labels in dataset["labels"]]
     else:
         per_row = [sum(m) for m in dataset["completion_mask"]]
-    masked = rows_in - sum(n > 0 for n in per_row)
+    # Packed sequences hold several rows each: only the token count says anything there.
+    masked = 0 if packed else rows_in - sum(n > 0 for n in per_row)
     stats = {"rows": rows_in, "completion_tokens": sum(per_row), "rows_fully_masked": masked}
     if stats["completion_tokens"] == 0 or masked > rows_in // 2:
         raise ValueError(
@@ -99,25 +100,20 @@ def plan_micro_batch(cfg: TrainConfig, model: Any) -> tuple[int, int]:
     raise RuntimeError(f"micro_batch auto: not even 1 row of {cfg.max_seq_length} tokens fits on the GPU")
 
 
-def train(
-    cfg: TrainConfig, rows: list[dict[str, Any]], base_dir: Path, out_dir: Path, live_dir: Path
-) -> dict[str, Any]:
-    """Train a LoRA adapter on the dataset's train split (validation split for eval loss); save it."""
+def build_trainer(
+    cfg: TrainConfig,
+    backend: backends.Backend,
+    prepared: backends.Prepared,
+    train_dataset: Any,
+    eval_dataset: Any | None,
+    work_dir: Path,
+    callbacks: list[Any],
+) -> tuple[Any, int, int]:
+    """The SFTTrainer for `cfg`, and the (micro-batch, accumulation) it uses. Datasets may hold
+    conversational prompt-completion rows or pre-tokenized `input_ids` + `completion_mask`."""
     import torch
-
-    from genz_speak.models import device, set_cpu_threads
-
-    set_cpu_threads(cfg.cpu_threads)
-    backend = backends.resolve_backend(cfg)
-    prepared = backends.load(backend, base_dir, cfg)  # before trl: unsloth must patch first
-
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    train_rows = [prompt_completion(r) for r in rows if r["split"] == "train"]
-    eval_rows = [prompt_completion(r) for r in rows if r["split"] == "validation"]
-    if not train_rows:
-        raise ValueError("the dataset has no rows with split == 'train'")
     cuda = torch.cuda.is_available()
     model = prepared.model
     if prepared.peft_config is not None:  # probe with the adapter in place, as training will run
@@ -126,7 +122,7 @@ def train(
         model = get_peft_model(model, prepared.peft_config)
     micro, accum = plan_micro_batch(cfg, model)
     args = SFTConfig(
-        output_dir=str(out_dir.with_name(out_dir.name + ".work")),
+        output_dir=str(work_dir),
         max_length=cfg.max_seq_length,
         completion_only_loss=True,
         per_device_train_batch_size=micro,
@@ -145,7 +141,7 @@ def train(
         optim=cfg.optimizer if cfg.optimizer != "adamw_8bit" else "adamw_bnb_8bit",
         gradient_checkpointing=cfg.gradient_checkpointing and backend == "transformers",
         logging_steps=cfg.logging_steps,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if eval_rows else "no",
+        eval_strategy=("steps" if cfg.eval_steps else "epoch") if eval_dataset is not None else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="no",
         seed=cfg.seed,
@@ -154,17 +150,47 @@ def train(
         bf16=cuda,
         report_to="none",
         dataloader_num_workers=0,
-        disable_tqdm=False,
     )
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=prepared.tokenizer,
-        callbacks=[_live_callback(live_dir)],
+        callbacks=callbacks,
     )
-    masking = check_masking(trainer.train_dataset, len(train_rows))
+    return trainer, micro, accum
+
+
+def train(
+    cfg: TrainConfig, rows: list[dict[str, Any]], base_dir: Path, out_dir: Path, live_dir: Path
+) -> dict[str, Any]:
+    """Train a LoRA adapter on the dataset's train split (validation split for eval loss); save it."""
+    import torch
+
+    from genz_speak.models import device, set_cpu_threads
+
+    set_cpu_threads(cfg.cpu_threads)
+    backend = backends.resolve_backend(cfg)
+    prepared = backends.load(backend, base_dir, cfg)  # before trl: unsloth must patch first
+
+    from datasets import Dataset
+
+    train_rows = [prompt_completion(r) for r in rows if r["split"] == "train"]
+    eval_rows = [prompt_completion(r) for r in rows if r["split"] == "validation"]
+    if not train_rows:
+        raise ValueError("the dataset has no rows with split == 'train'")
+    cuda = torch.cuda.is_available()
+    trainer, micro, accum = build_trainer(
+        cfg,
+        backend,
+        prepared,
+        Dataset.from_list(train_rows),
+        Dataset.from_list(eval_rows) if eval_rows else None,
+        out_dir.with_name(out_dir.name + ".work"),
+        [_live_callback(live_dir)],
+    )
+    masking = check_masking(trainer.train_dataset, len(train_rows), packed=cfg.packing)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.monotonic()

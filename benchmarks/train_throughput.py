@@ -1,0 +1,266 @@
+"""Training throughput on instruction-like rows: backends x micro-batching x packing. Prints a table.
+
+    python benchmarks/train_throughput.py                    # every case, each in its own process
+    python benchmarks/train_throughput.py --models tinyllama --backends unsloth --cases 2x4 packing
+
+Models: `tinyllama`, a TinyLlama-shaped Llama (22 layers, hidden 2048, vocab 32000) with random weights
+from a config (no download), and `student`, the embedded SmolLM2-135M-Instruct. Rows are pre-tokenized
+random ids with a log-normal length distribution (mean ~222 tokens, like instruction data), 60% of each
+row the response; `full` rows are all max_seq_length long (the ceiling). Every case runs the project's own
+`build_trainer` (TRL SFTTrainer, 4-bit QLoRA, response-only loss) in a fresh process, so Unsloth's
+patches never leak between cases. Real tokens/s counts non-padding tokens only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+CASES = {
+    # name: (batch_size, grad_accum, micro_batch, packing, full-length rows)
+    "2x4": (2, 4, None, False, False),
+    "8x1": (8, 1, None, False, False),
+    "auto": (2, 4, "auto", False, False),
+    "32x1": (32, 1, None, False, False),
+    "packing": (8, 1, None, True, False),
+    "full-8x1": (8, 1, None, False, True),
+}
+H100_BF16_DENSE = 989e12  # FLOP/s, the datasheet's dense bf16 figure (MFU denominator)
+
+
+def make_rows(n: int, vocab: int, seq: int, full: bool, seed: int = 0) -> list[dict[str, list[int]]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = np.full(n, seq) if full else np.clip(rng.lognormal(math.log(190), 0.55, n), 32, seq).astype(int)
+    rows = []
+    for length in lengths:
+        ids = rng.integers(100, vocab - 1, int(length)).tolist()
+        prompt = int(length * 0.4)
+        rows.append({"input_ids": ids, "completion_mask": [0] * prompt + [1] * (int(length) - prompt)})
+    return rows
+
+
+def tinyllama_dir(root: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from genz_speak.models import load_tokenizer
+
+    out = root / "tinyllama-shaped"
+    if (out / "config.json").is_file():
+        return out
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out)
+    # Any tokenizer with pad/eos ids inside the vocab will do: the rows are pre-tokenized.
+    student = materialize_base_model_cached(root)
+    load_tokenizer(student).save_pretrained(out)
+    return out
+
+
+def materialize_base_model_cached(root: Path) -> Path:
+    from genz_speak.config import EMBEDDED_STUDENT
+    from genz_speak.models import materialize_base_model
+
+    out = root / "student"
+    if not (out / "config.json").is_file():
+        materialize_base_model(EMBEDDED_STUDENT, out, "bfloat16")
+    return out
+
+
+def run_case(model_dir: Path, backend: str, case: str, steps: int, warmup: int) -> dict[str, Any]:
+    """One measurement, in this process."""
+    import torch
+    from transformers import TrainerCallback
+
+    from genz_speak.config import TrainConfig
+    from genz_speak.training import backends
+
+    batch, accum, micro, packing, full = CASES[case]
+    seq = 1024
+    cfg = replace(
+        TrainConfig(),
+        backend=backend,
+        load_in_4bit=True,
+        max_seq_length=seq,
+        batch_size=batch,
+        gradient_accumulation_steps=accum,
+        micro_batch=micro,
+        packing=packing,
+        optimizer="adamw_8bit",
+        max_steps=warmup + steps,
+        logging_steps=1,
+        learning_rate=1e-4,
+        warmup_ratio=0.0,
+        gradient_checkpointing=True,
+    )
+    prepared = backends.load(backend, model_dir, cfg)  # type: ignore[arg-type]
+    from datasets import Dataset
+
+    from genz_speak.training.sft import build_trainer
+
+    vocab = prepared.model.config.vocab_size
+    rows = make_rows(batch * accum * (warmup + steps) * (6 if packing else 1), vocab, seq, full)
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: dict[int, float] = {}
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            torch.cuda.synchronize()
+            self.marks[state.global_step] = time.perf_counter()
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as work:
+        trainer, micro_used, accum_used = build_trainer(
+            cfg,
+            backend,
+            prepared,
+            Dataset.from_list(rows),
+            None,
+            Path(work),
+            [clock],  # type: ignore[arg-type]
+        )
+        torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+    tokens = {h["step"]: h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h}
+    t = clock.marks[warmup + steps] - clock.marks[warmup]
+    real = tokens[warmup + steps] - tokens[warmup]
+    n_params = _dense_params(prepared.model.config)
+    tps = real / t
+    mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    return {
+        "model": model_dir.name,
+        "backend": backend,
+        "case": case,
+        "micro_batch": micro_used,
+        "grad_accum": accum_used,
+        "packing": packing,
+        "rows_per_step": batch * accum,
+        "steps_timed": steps,
+        "real_tokens_per_s": round(tps, 1),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "mfu": round(6 * n_params * tps / H100_BF16_DENSE, 4),
+        "mean_row_tokens": round(mean_len, 1),
+        "projected_15k_x2_min": round(15000 * 2 * mean_len / tps / 60, 1),
+        "gpu": torch.cuda.get_device_name(),
+    }
+
+
+def _dense_params(cfg: Any) -> int:
+    """Parameter count of a Llama config (the 4-bit model's packed tensors under-count it)."""
+    h, i, layers, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    kv = h * cfg.num_key_value_heads // cfg.num_attention_heads
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+    return layers * per_layer + v * h * (1 if cfg.tie_word_embeddings else 2) + h
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["tinyllama", "student"])
+    p.add_argument("--backends", nargs="+", default=["unsloth", "transformers"])
+    p.add_argument("--cases", nargs="+", default=list(CASES))
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per case")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "genz-bench")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "BACKEND", "CASE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(
+            "RESULT "
+            + json.dumps(run_case(Path(args.one[0]), args.one[1], args.one[2], args.steps, args.warmup))
+        )
+        return
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    dirs = {"tinyllama": tinyllama_dir(args.workdir), "student": materialize_base_model_cached(args.workdir)}
+    results = []
+    for model in args.models:
+        for backend in args.backends:
+            for case in args.cases:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    "--one",
+                    str(dirs[model]),
+                    backend,
+                    case,
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    results.append({"model": model, "backend": backend, "case": case, "error": err[:160]})
+                else:
+                    results.append(json.loads(line[7:]))
+                print(json.dumps(results[-1]), flush=True)
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    base = {
+        (r["model"], r["backend"]): r["real_tokens_per_s"]
+        for r in results
+        if r.get("case") == "2x4" and "error" not in r
+    }
+    tf_mem = {
+        (r["model"], r["case"]): r["peak_mem_gib"]
+        for r in results
+        if r.get("backend") == "transformers" and "error" not in r
+    }
+    print(
+        "\n| model | backend | case | micro x accum | real tok/s | x 2x4 | peak GiB | mem / transformers "
+        "| MFU | 15k rows x 2 ep (min) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['model']} | {r['backend']} | {r['case']} | error: {r['error']} |||||||")
+            continue
+        ratio = (
+            r["real_tokens_per_s"] / base[(r["model"], r["backend"])]
+            if (r["model"], r["backend"]) in base
+            else 0
+        )
+        tf = tf_mem.get((r["model"], r["case"]))
+        mem_ratio = f"{r['peak_mem_gib'] / tf:.2f}" if tf and r["backend"] == "unsloth" else ""
+        print(
+            f"| {r['model']} | {r['backend']} | {r['case']} | {r['micro_batch']} x {r['grad_accum']} | "
+            f"{r['real_tokens_per_s']:,.0f} | {ratio:.2f} | {r['peak_mem_gib']} | {mem_ratio} | "
+            f"{r['mfu']:.3f} | {r['projected_15k_x2_min']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
