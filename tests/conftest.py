@@ -13,7 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import copy
 import importlib.util
+import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,32 @@ def python_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+def stage_command(name: str, params: str = "params.yaml", **paths: str | Path) -> list[str]:
+    """The stage's command exactly as dvc.yaml runs it, with this interpreter, a params file, and any of
+    its path arguments replaced (`out_dir=...` replaces the value after `--out-dir`)."""
+    cmd = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]["cmd"])
+    assert cmd[0] == "python", cmd
+    cmd[0], cmd[1] = sys.executable, str(ROOT / cmd[1])
+    for flag, value in paths.items():
+        cmd[cmd.index("--" + flag.replace("_", "-")) + 1] = str(value)
+    return [*cmd, "--params", params]
+
+
+def run_stage(
+    workdir: Path,
+    name: str,
+    params: str = "params.yaml",
+    env: dict[str, str] | None = None,
+    **paths: str | Path,
+) -> subprocess.CompletedProcess[str]:
+    cmd = stage_command(name, params, **paths)
+    proc = subprocess.run(
+        cmd, cwd=workdir, env=env or python_env(), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-4000:]}"
+    return proc
 
 
 def copy_project(dest: Path) -> None:

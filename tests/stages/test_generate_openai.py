@@ -17,7 +17,7 @@ import yaml
 
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, read_jsonl_tolerant, write_jsonl
-from tests.conftest import ROOT, python_env
+from tests.conftest import ROOT, python_env, stage_command
 
 pytestmark = pytest.mark.slow
 ROWS = 30
@@ -82,23 +82,6 @@ def write_params(workdir: Path, url: str, **generate: Any) -> None:
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def generate_cmd() -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "stages/generate.py"),
-        "--params",
-        "params.yaml",
-        "--data-dir",
-        "data/prepare",
-        "--out-dir",
-        "data/generate",
-        "--cache",
-        ".cache/generate.jsonl",
-        "--metrics",
-        "metrics/generate.json",
-    ]
-
-
 def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: Path) -> None:
     server, url = start_server(
         tiny_model, "--fault-every", "3", "--faults", "429,500,stall,nonjson", "--stall", "4"
@@ -106,7 +89,7 @@ def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: 
     try:
         write_params(workdir, url)
         proc = subprocess.run(
-            generate_cmd(),
+            stage_command("generate"),
             cwd=workdir,
             env={**python_env(), "GENZ_TEST_KEY": "sk-secret-xyz"},
             capture_output=True,
@@ -145,7 +128,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(workdir: Path, tiny_model
         write_params(workdir, url, concurrency=2)
         cache = workdir / ".cache/generate.jsonl"
         proc = subprocess.Popen(
-            generate_cmd(),
+            stage_command("generate"),
             cwd=workdir,
             env=python_env(),
             stdout=subprocess.DEVNULL,
@@ -159,7 +142,12 @@ def test_killed_run_resumes_without_loss_or_duplicates(workdir: Path, tiny_model
         done_before = len(list(read_jsonl_tolerant(cache)))
         assert 6 <= done_before < ROWS and not (workdir / "data/generate/genz_dataset.jsonl").exists()
         rerun = subprocess.run(
-            generate_cmd(), cwd=workdir, env=python_env(), capture_output=True, text=True, timeout=600
+            stage_command("generate"),
+            cwd=workdir,
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     finally:
         server.terminate()

@@ -6,7 +6,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,9 @@ import pytest
 import yaml
 
 from genz_speak.io import read_jsonl
-from tests.conftest import ROOT, python_env, tiny_params
+from tests.conftest import ROOT, python_env, run_stage, stage_command, tiny_params
 
 pytestmark = pytest.mark.slow
-
-
-def run_stage(workdir: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(ROOT / "stages" / f"{name}.py"), "--params", "params.yaml", *args]
-    proc = subprocess.run(cmd, cwd=workdir, env=python_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-4000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -37,96 +29,31 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def prepared(workdir: Path) -> Path:
-    run_stage(
-        workdir,
-        "prepare",
-        "--data-dir",
-        "data/prepare",
-        "--model-dir",
-        "models/prepare",
-        "--metrics",
-        "metrics/prepare.json",
-    )
+    run_stage(workdir, "prepare")
     return workdir
 
 
 @pytest.fixture(scope="module")
 def generated(prepared: Path) -> Path:
-    run_stage(
-        prepared,
-        "generate",
-        "--data-dir",
-        "data/prepare",
-        "--out-dir",
-        "data/generate",
-        "--cache",
-        ".cache/generate.jsonl",
-        "--metrics",
-        "metrics/generate.json",
-    )
+    run_stage(prepared, "generate")
     return prepared
 
 
 @pytest.fixture(scope="module")
 def trained(generated: Path) -> Path:
-    run_stage(
-        generated,
-        "train",
-        "--dataset",
-        "data/generate/genz_dataset.jsonl",
-        "--base",
-        "models/prepare",
-        "--out",
-        "models/train",
-        "--live-dir",
-        "dvclive/train",
-        "--metrics",
-        "metrics/train.json",
-    )
+    run_stage(generated, "train")
     return generated
 
 
 @pytest.fixture(scope="module")
 def merged(trained: Path) -> Path:
-    run_stage(
-        trained,
-        "merge",
-        "--base",
-        "models/prepare",
-        "--adapter",
-        "models/train",
-        "--heldout",
-        "data/prepare/heldout.jsonl",
-        "--out",
-        "models/merge",
-        "--metrics",
-        "metrics/merge.json",
-    )
+    run_stage(trained, "merge")
     return trained
 
 
 @pytest.fixture(scope="module")
 def evaluated(merged: Path) -> Path:
-    run_stage(
-        merged,
-        "evaluate",
-        "--base",
-        "models/prepare",
-        "--merged",
-        "models/merge",
-        "--data-dir",
-        "data/prepare",
-        "--dataset",
-        "data/generate/genz_dataset.jsonl",
-        "--out-dir",
-        "data/evaluate",
-        "--judge-cache",
-        ".cache/judge.jsonl",
-        "--metrics",
-        "metrics/evaluate.json",
-        "--report",
-        "metrics/report.md",
-    )
+    run_stage(merged, "evaluate")
     return merged
 
 
@@ -165,18 +92,7 @@ def test_generate_contract_and_resume(generated: Path) -> None:
     assert (m["rows"], m["rejected"], m["teacher_calls"]) == (120, 0, 120)
     # a rerun pays for nothing: every row comes from the cache
     before = (generated / "data/generate/genz_dataset.jsonl").read_bytes()
-    run_stage(
-        generated,
-        "generate",
-        "--data-dir",
-        "data/prepare",
-        "--out-dir",
-        "data/generate",
-        "--cache",
-        ".cache/generate.jsonl",
-        "--metrics",
-        "metrics/generate.json",
-    )
+    run_stage(generated, "generate")
     m = metrics(generated, "generate")
     assert (m["teacher_calls"], m["cache_hits"]) == (0, 120)
     assert (generated / "data/generate/genz_dataset.jsonl").read_bytes() == before
@@ -215,22 +131,9 @@ def test_merge_fails_above_tolerance_and_writes_nothing(merged: Path, tmp_path: 
     params = yaml.safe_load((merged / "params.yaml").read_text())
     params["merge"]["tolerance"] = 1e-9
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [
-        sys.executable,
-        str(ROOT / "stages/merge.py"),
-        "--params",
-        str(tmp_path / "params.yaml"),
-        "--base",
-        "models/prepare",
-        "--adapter",
-        "models/train",
-        "--heldout",
-        "data/prepare/heldout.jsonl",
-        "--out",
-        str(tmp_path / "merged"),
-        "--metrics",
-        str(tmp_path / "merge.json"),
-    ]
+    cmd = stage_command(
+        "merge", str(tmp_path / "params.yaml"), out=tmp_path / "merged", metrics=tmp_path / "merge.json"
+    )
     proc = subprocess.run(cmd, cwd=merged, env=python_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "merge.tolerance" in proc.stderr
     assert not (tmp_path / "merged").exists()
@@ -256,18 +159,7 @@ def test_evaluate_contract(evaluated: Path) -> None:
 
 
 def test_plot_contract(evaluated: Path) -> None:
-    run_stage(
-        evaluated,
-        "plot",
-        "--scores",
-        "data/evaluate/scores.jsonl",
-        "--metrics",
-        "metrics/evaluate.json",
-        "--live-dir",
-        "dvclive/train",
-        "--out-dir",
-        "plots",
-    )
+    run_stage(evaluated, "plot")
     for name in ("score_distribution", "comparison_box", "criteria_bars", "training_curves"):
         png = evaluated / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -288,25 +180,14 @@ def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path:
             base_url=url, model="judge", api_key_env="GENZ_TEST_KEY", request_timeout=5
         )
         (merged / "params_both.yaml").write_text(yaml.safe_dump(params))
-        args = [
-            "--base",
-            "models/prepare",
-            "--merged",
-            "models/merge",
-            "--data-dir",
-            "data/prepare",
-            "--dataset",
-            "data/generate/genz_dataset.jsonl",
-            "--out-dir",
-            str(tmp_path / "eval"),
-            "--judge-cache",
-            str(tmp_path / "judge.jsonl"),
-            "--metrics",
-            str(tmp_path / "m.json"),
-            "--report",
-            str(tmp_path / "r.md"),
-        ]
-        cmd = [sys.executable, str(ROOT / "stages/evaluate.py"), "--params", "params_both.yaml", *args]
+        cmd = stage_command(
+            "evaluate",
+            "params_both.yaml",
+            out_dir=tmp_path / "eval",
+            judge_cache=tmp_path / "judge.jsonl",
+            metrics=tmp_path / "m.json",
+            report=tmp_path / "r.md",
+        )
         env = {**python_env(), "GENZ_TEST_KEY": secret}
         first = subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
         assert first.returncode == 0, first.stderr[-3000:]
@@ -348,45 +229,24 @@ def test_qlora_4bit_train_then_merge_onto_16bit_base(generated: Path, tmp_path: 
     params = yaml.safe_load((generated / "params.yaml").read_text())
     params["train"].update(load_in_4bit=True, optimizer="adamw_8bit", max_steps=1)
     (generated / "params_qlora.yaml").write_text(yaml.safe_dump(params))
-    env = python_env()
-    train = [
-        sys.executable,
-        str(ROOT / "stages/train.py"),
-        "--params",
+    run_stage(
+        generated,
+        "train",
         "params_qlora.yaml",
-        "--dataset",
-        "data/generate/genz_dataset.jsonl",
-        "--base",
-        "models/prepare",
-        "--out",
-        str(tmp_path / "adapter"),
-        "--live-dir",
-        str(tmp_path / "live"),
-        "--metrics",
-        str(tmp_path / "train.json"),
-    ]
-    proc = subprocess.run(train, cwd=generated, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        out=tmp_path / "adapter",
+        live_dir=tmp_path / "live",
+        metrics=tmp_path / "train.json",
+    )
     m = json.loads((tmp_path / "train.json").read_text())
     assert m["load_in_4bit"] is True and m["steps"] == 1 and math.isfinite(m["final_loss"])
-    merge = [
-        sys.executable,
-        str(ROOT / "stages/merge.py"),
-        "--params",
+    run_stage(
+        generated,
+        "merge",
         "params_qlora.yaml",
-        "--base",
-        "models/prepare",
-        "--adapter",
-        str(tmp_path / "adapter"),
-        "--heldout",
-        "data/prepare/heldout.jsonl",
-        "--out",
-        str(tmp_path / "merged"),
-        "--metrics",
-        str(tmp_path / "merge.json"),
-    ]
-    proc = subprocess.run(merge, cwd=generated, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        adapter=tmp_path / "adapter",
+        out=tmp_path / "merged",
+        metrics=tmp_path / "merge.json",
+    )
     cfg = json.loads((tmp_path / "merged/config.json").read_text())
     assert "quantization_config" not in cfg and cfg["dtype"] == "bfloat16"
     assert json.loads((tmp_path / "merge.json").read_text())["passed"]
