@@ -51,7 +51,11 @@ def _save_unsloth(adapter_dir: Path, out: Path, cfg: MergeConfig) -> None:
     """Unsloth's merged 16-bit save: it reloads the base in 16-bit itself, never merging into 4-bit."""
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False, dtype=None)
+    from genz_speak.models import torch_dtype
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        str(adapter_dir), load_in_4bit=False, dtype=torch_dtype(cfg.dtype)
+    )
     model.save_pretrained_merged(str(out), tokenizer, save_method="merged_16bit")
 
 
@@ -63,16 +67,18 @@ def merge(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from genz_speak.models import load_tokenizer, torch_dtype
+    from genz_speak.models import device, load_tokenizer, torch_dtype
 
     tokenizer = load_tokenizer(adapter_dir)
     dtype = torch_dtype(cfg.dtype)
     # The reference: the 16-bit base + the unmerged adapter, computed in float32. Against it, the check
     # measures what merging and rounding the merged weights to 16 bits costs, not the base's own rounding.
-    base16_as32 = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float().eval()
+    # Everything runs on one device: Unsloth, once imported, patches the Llama forward for CUDA.
+    dev = device()
+    base16_as32 = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float().to(dev).eval()
     reference = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float(), adapter_dir
-    ).eval()
+    ).to(dev).eval()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     backend = _resolve(cfg)
@@ -88,8 +94,8 @@ def merge(
         del merged
 
     # Verify what was written: reload the saved folder, as a user would, and compare in float32.
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-    inputs = _check_inputs(tokenizer, check_rows, cfg.check_prompts)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
+    inputs = _check_inputs(tokenizer, check_rows, cfg.check_prompts).to(dev)
     diff = max_logit_diff(reloaded, reference, inputs)
     adapter_effect = max_logit_diff(base16_as32, reference, inputs)  # shows the check can see the adapter
     metrics = {

@@ -203,6 +203,8 @@ def train(
     losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     tokens = max((h.get("num_tokens", 0) for h in history), default=0)
+    if not tokens:  # TRL 1.15 under Unsloth logs no num_tokens: count the epochs' tokens instead
+        tokens = sum(map(len, trainer.train_dataset["input_ids"])) * (trainer.state.epoch or 0.0)
     peak_mb = (
         torch.cuda.max_memory_allocated() / 2**20
         if cuda
