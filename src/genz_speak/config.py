@@ -156,7 +156,8 @@ class TrainConfig:
 @dataclass(config=_STRICT)
 class MergeConfig:
     backend: Literal["auto", "unsloth", "peft"] = "auto"
-    dtype: Dtype = "bfloat16"
+    # float16, not bfloat16: rounding base + delta to bf16's 8-bit mantissa drops much of a small LoRA delta.
+    dtype: Dtype = "float16"
     tolerance: Annotated[float, Field(gt=0.0)] = 1.0
     check_prompts: PositiveInt = 3
 

@@ -123,8 +123,8 @@ def test_merge_contract(merged: Path) -> None:
     } <= files
     m = metrics(merged, "merge")
     assert m["passed"] and m["max_logit_diff"] <= m["tolerance"]
-    assert m["dtype"] == "bfloat16"
-    assert json.loads((merged / "models/merge/config.json").read_text())["dtype"] == "bfloat16"
+    assert m["dtype"] == "float16"
+    assert json.loads((merged / "models/merge/config.json").read_text())["dtype"] == "float16"
 
 
 def test_merge_fails_above_tolerance_and_writes_nothing(merged: Path, tmp_path: Path) -> None:
@@ -248,5 +248,5 @@ def test_qlora_4bit_train_then_merge_onto_16bit_base(generated: Path, tmp_path: 
         metrics=tmp_path / "merge.json",
     )
     cfg = json.loads((tmp_path / "merged/config.json").read_text())
-    assert "quantization_config" not in cfg and cfg["dtype"] == "bfloat16"
+    assert "quantization_config" not in cfg and cfg["dtype"] == "float16"
     assert json.loads((tmp_path / "merge.json").read_text())["passed"]
