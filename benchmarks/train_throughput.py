@@ -3,6 +3,10 @@
     python benchmarks/train_throughput.py                    # every case, each in its own process
     python benchmarks/train_throughput.py --models tinyllama --backends unsloth --cases 2x4 packing
 
+Cases (8 rows per optimizer step; packing: 8 packed sequences): 2x4 (the recipe), 8x1, auto (micro-batch
+auto, padding left to the backend), auto-padfree (padding-free batches), grouped (length-grouped batches
+padded to multiples of 64), packing (TRL BFD packing), full-8x1 (every row 1024 tokens: the ceiling).
+
 Models: `tinyllama`, a TinyLlama-shaped Llama (22 layers, hidden 2048, vocab 32000) with random weights
 from a config (no download), and `student`, the embedded SmolLM2-135M-Instruct. Rows are pre-tokenized
 random ids with a log-normal length distribution (mean ~222 tokens, like instruction data), 60% of each
@@ -24,14 +28,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-CASES = {
-    # name: (batch_size, grad_accum, micro_batch, packing, full-length rows)
-    "2x4": (2, 4, None, False, False),
-    "8x1": (8, 1, None, False, False),
-    "auto": (2, 4, "auto", False, False),
-    "32x1": (32, 1, None, False, False),
-    "packing": (8, 1, None, True, False),
-    "full-8x1": (8, 1, None, False, True),
+# name: TrainConfig fields (plus `full`: every row max_seq_length long, the ceiling). Rows per optimizer
+# step are 8 in every case but packing, where they are 8 packed sequences of up to max_seq_length tokens.
+CASES: dict[str, dict[str, Any]] = {
+    "2x4": {"batch_size": 2, "gradient_accumulation_steps": 4, "padding_free": False},  # the recipe
+    "8x1": {"batch_size": 8, "gradient_accumulation_steps": 1, "padding_free": False},
+    # The project's GPU default: micro-batch auto, padding left to the backend (Unsloth: padding-free).
+    "auto": {"batch_size": 2, "gradient_accumulation_steps": 4, "micro_batch": "auto"},
+    "auto-padfree": {
+        "batch_size": 2,
+        "gradient_accumulation_steps": 4,
+        "micro_batch": "auto",
+        "padding_free": True,
+    },
+    "grouped": {
+        "batch_size": 2,
+        "gradient_accumulation_steps": 4,
+        "micro_batch": "auto",
+        "padding_free": False,
+        "group_by_length": True,
+        "pad_to_multiple_of": 64,
+    },
+    "packing": {"batch_size": 8, "gradient_accumulation_steps": 1, "packing": True},
+    "full-8x1": {"batch_size": 8, "gradient_accumulation_steps": 1, "padding_free": False, "full": True},
 }
 H100_BF16_DENSE = 989e12  # FLOP/s, the datasheet's dense bf16 figure (MFU denominator)
 
@@ -100,17 +119,16 @@ def run_case(model_dir: Path, backend: str, case: str, steps: int, warmup: int) 
     from genz_speak.config import TrainConfig
     from genz_speak.training import backends
 
-    batch, accum, micro, packing, full = CASES[case]
+    cuda = torch.cuda.is_available()  # CPU runs only smoke-test this script
+    fields = dict(CASES[case])
+    full = fields.pop("full", False)
     seq = 1024
     cfg = replace(
         TrainConfig(),
         backend=backend,
         load_in_4bit=True,
         max_seq_length=seq,
-        batch_size=batch,
-        gradient_accumulation_steps=accum,
-        micro_batch=micro,
-        packing=packing,
+        **fields,
         optimizer="adamw_8bit",
         max_steps=warmup + steps,
         logging_steps=1,
@@ -124,15 +142,28 @@ def run_case(model_dir: Path, backend: str, case: str, steps: int, warmup: int) 
     from genz_speak.training.sft import build_trainer
 
     vocab = prepared.model.config.vocab_size
-    rows = make_rows(batch * accum * (warmup + steps) * (6 if packing else 1), vocab, seq, full)
+    rows_per_step = cfg.batch_size * cfg.gradient_accumulation_steps
+    rows = make_rows(rows_per_step * (warmup + steps) * (6 if cfg.packing else 1), vocab, seq, full)
 
     class Clock(TrainerCallback):
+        """Time and real (non-padding) tokens at each optimizer step's end."""
+
         def __init__(self) -> None:
-            self.marks: dict[int, float] = {}
+            self.marks: dict[int, tuple[float, int]] = {}
+            self.tokens = 0
+
+        def count(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            mask = kwargs.get("attention_mask")
+            ids = kwargs.get("input_ids")
+            if mask is not None and mask.dim() == 2:
+                self.tokens += int(mask.sum())
+            elif ids is not None:  # padding-free batches carry no pad tokens
+                self.tokens += ids.numel()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            torch.cuda.synchronize()
-            self.marks[state.global_step] = time.perf_counter()
+            if cuda:
+                torch.cuda.synchronize()
+            self.marks[state.global_step] = (time.perf_counter(), self.tokens)
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as work:
@@ -145,11 +176,12 @@ def run_case(model_dir: Path, backend: str, case: str, steps: int, warmup: int) 
             Path(work),
             [clock],  # type: ignore[arg-type]
         )
-        torch.cuda.reset_peak_memory_stats()
+        trainer.model.register_forward_pre_hook(clock.count, with_kwargs=True)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         trainer.train()
-    tokens = {h["step"]: h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h}
-    t = clock.marks[warmup + steps] - clock.marks[warmup]
-    real = tokens[warmup + steps] - tokens[warmup]
+    (t0, n0), (t1, n1) = clock.marks[warmup], clock.marks[warmup + steps]
+    t, real = t1 - t0, n1 - n0
     n_params = _dense_params(prepared.model.config)
     tps = real / t
     mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
@@ -159,15 +191,16 @@ def run_case(model_dir: Path, backend: str, case: str, steps: int, warmup: int) 
         "case": case,
         "micro_batch": micro_used,
         "grad_accum": accum_used,
-        "packing": packing,
-        "rows_per_step": batch * accum,
+        "packing": cfg.packing,
+        "padding_free": bool(getattr(trainer.args, "padding_free", False)),
+        "rows_per_step": rows_per_step,
         "steps_timed": steps,
         "real_tokens_per_s": round(tps, 1),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "mfu": round(6 * n_params * tps / H100_BF16_DENSE, 4),
         "mean_row_tokens": round(mean_len, 1),
         "projected_15k_x2_min": round(15000 * 2 * mean_len / tps / 60, 1),
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if cuda else "cpu",
     }
 
 
@@ -179,53 +212,69 @@ def _dense_params(cfg: Any) -> int:
     return layers * per_layer + v * h * (1 if cfg.tie_word_embeddings else 2) + h
 
 
+def run_cases(model_dir: Path, backend: str, cases: list[str], steps: int, warmup: int) -> None:
+    """Every case of one (model, backend) in this process, one RESULT line each."""
+    import gc
+
+    import torch
+
+    for case in cases:
+        try:
+            result = run_case(model_dir, backend, case, steps, warmup)
+        except Exception as err:  # one failing case must not hide the others' numbers
+            result = {"model": model_dir.name, "backend": backend, "case": case, "error": repr(err)[:200]}
+        print("RESULT " + json.dumps(result), flush=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["tinyllama", "student"])
     p.add_argument("--backends", nargs="+", default=["unsloth", "transformers"])
-    p.add_argument("--cases", nargs="+", default=list(CASES))
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per case")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per (model, backend) process")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "genz-bench")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "BACKEND", "CASE"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs="+", metavar="ARG", help=argparse.SUPPRESS)  # MODEL_DIR BACKEND CASE...
     args = p.parse_args()
     if args.one:
-        print(
-            "RESULT "
-            + json.dumps(run_case(Path(args.one[0]), args.one[1], args.one[2], args.steps, args.warmup))
-        )
+        run_cases(Path(args.one[0]), args.one[1], args.one[2:], args.steps, args.warmup)
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     dirs = {"tinyllama": tinyllama_dir(args.workdir), "student": materialize_base_model_cached(args.workdir)}
-    results = []
+    results: list[dict[str, Any]] = []
     for model in args.models:
         for backend in args.backends:
+            # One process per backend keeps Unsloth's patches away from the transformers backend.
+            cmd = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += ["--one", str(dirs[model]), backend, *args.cases]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                out, err = proc.stdout, proc.stderr
+            except subprocess.TimeoutExpired as exc:
+                out, err = _text(exc.stdout), _text(exc.stderr) + f"\ntimed out after {args.timeout:.0f} s"
+            done = {}
+            for line in out.splitlines():
+                if line.startswith("RESULT "):
+                    r = json.loads(line[7:])
+                    done[r["case"]] = {**r, "model": model}
+            last = (err.strip().splitlines() or ["no output"])[-1][:200]
             for case in args.cases:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                    "--one",
-                    str(dirs[model]),
-                    backend,
-                    case,
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                    results.append({"model": model, "backend": backend, "case": case, "error": err[:160]})
-                else:
-                    results.append(json.loads(line[7:]))
+                missing = {"model": model, "backend": backend, "case": case, "error": last}
+                results.append(done.get(case, missing))
                 print(json.dumps(results[-1]), flush=True)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 def print_table(results: list[dict[str, Any]]) -> None:

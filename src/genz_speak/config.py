@@ -65,6 +65,15 @@ class ValidationConfig:
 
 
 @dataclass(config=_STRICT)
+class VLLMConfig:
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: the model's stored dtype
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85
+    max_model_len: PositiveInt | None = None  # None: the model's own context length
+    enforce_eager: bool = False  # True skips CUDA-graph capture: faster start, slower decoding
+    attention_backend: str | None = None  # e.g. FLASH_ATTN; None lets vLLM choose
+
+
+@dataclass(config=_STRICT)
 class GenerateConfig:
     teacher: Literal["rules", "transformers", "openai", "vllm"] = "rules"
     model: str = ""
@@ -82,6 +91,7 @@ class GenerateConfig:
     max_retries: NonNegInt = 5
     max_reject_fraction: Fraction = 0.5
     validation: ValidationConfig = ValidationConfig()
+    vllm: VLLMConfig = VLLMConfig()
 
     @model_validator(mode="after")
     def _needs_model(self) -> GenerateConfig:
@@ -122,6 +132,12 @@ class TrainConfig:
     # "auto" picks the largest divisor that fits in GPU memory (fewer accumulation steps), an int forces one.
     micro_batch: Literal["auto"] | PositiveInt | None = None
     packing: bool = False
+    # Padding-free batches concatenate a micro-batch's rows (varlen attention, no pad tokens). None leaves
+    # the choice to the backend: Unsloth measures and picks per GPU; TRL pads unless packing.
+    padding_free: bool | None = None
+    # transformers backend: the attention kernel (e.g. flash_attention_2 where installed); None: its default.
+    # Padding-free batches need a flash-attention kernel there: sdpa and eager let packed rows see each other.
+    attn_implementation: str | None = None
     group_by_length: bool = False
     pad_to_multiple_of: PositiveInt | None = None
     epochs: Annotated[float, Field(gt=0.0)] = 1.0
@@ -149,6 +165,8 @@ class TrainConfig:
             )
         if self.packing and self.group_by_length:
             raise ValueError("packing and group_by_length are alternatives; enable one")
+        if self.packing and self.padding_free is False:
+            raise ValueError("packing is padding-free: padding_free: false contradicts packing: true")
         return self
 
 

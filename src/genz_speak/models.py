@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -30,6 +31,21 @@ def device() -> torch.device:
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def stored_dtype(model_dir: Path) -> str | None:
+    """The dtype a model folder's weights are stored in, from its config.json."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return config.get("dtype") or config.get("torch_dtype")
+
+
+def inference_dtype(model_dir: str | Path) -> Dtype:
+    """float32 on CPU; on CUDA the dtype the folder was written in (a float16 merge cast to bf16 would
+    round away part of the LoRA delta the merge stage verified)."""
+    if device().type != "cuda":
+        return "float32"
+    stored = stored_dtype(Path(model_dir)) if (Path(model_dir) / "config.json").is_file() else None
+    return stored if stored in ("float16", "bfloat16", "float32") else "bfloat16"  # type: ignore[return-value]
 
 
 def set_cpu_threads(n: int) -> None:

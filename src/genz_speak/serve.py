@@ -6,6 +6,10 @@ Endpoints: GET /v1/models, POST /v1/chat/completions (non-streaming). Try the mo
 client (`base_url="http://127.0.0.1:8000/v1"`). For testing clients, `--fault-every N --faults
 429,500,stall,nonjson` answers every Nth request with the next fault of the list instead, and
 `--latency S` adds a fixed delay to every answer; GET /v1/stats counts requests and faults.
+
+`genz-speak serve rules` loads no weights: it answers with the offline rules stylizer applied to the text
+after the last "Answer:" of the last user message (the default prompt template's layout), a stand-in
+teacher endpoint for dry runs of an openai-teacher config and for the generate throughput benchmark.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,13 +72,52 @@ class FaultPlan:
             return None
 
 
-def create_app(model_dir: str | Path, faults: FaultPlan | None = None, latency_s: float = 0.0) -> FastAPI:
-    from genz_speak.generation import ChatGenerator
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens_in: int
+    tokens_out: int
 
-    generator = ChatGenerator(model_dir)
+
+def _rules_answerer() -> Callable[[ChatRequest], Answer]:
+    from genz_speak.teachers.rules import stylize
+
+    def answer(req: ChatRequest) -> Answer:
+        prompt = req.messages[-1].content
+        source = prompt.rsplit("Answer:", 1)[-1].removesuffix("Rewritten answer:").strip()
+        text = stylize(source, prompt)
+        return Answer(text, len(prompt.split()), len(text.split()))
+
+    return answer
+
+
+def _model_answerer(model_dir: str | Path) -> Callable[[ChatRequest], Answer]:
+    from genz_speak.generation import ChatGenerator
+    from genz_speak.models import inference_dtype
+
+    generator = ChatGenerator(model_dir, dtype=inference_dtype(model_dir))
+    lock = threading.Lock()  # one generate at a time: the model is not re-entrant
+
+    def answer(req: ChatRequest) -> Answer:
+        with lock:
+            out = generator.generate(
+                [[m.model_dump() for m in req.messages]],
+                max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
+                temperature=req.temperature or 0.0,
+                top_p=req.top_p if req.top_p is not None else 1.0,
+                seed=req.seed or 0,
+                batch_size=1,
+            )[0]
+        return Answer(out.text, out.tokens_in, out.tokens_out)
+
+    return answer
+
+
+def create_app(model_dir: str | Path, faults: FaultPlan | None = None, latency_s: float = 0.0) -> FastAPI:
+    """The app over `model_dir`, or over the rules stylizer when `model_dir` is "rules"."""
+    answer = _rules_answerer() if str(model_dir) == "rules" else _model_answerer(model_dir)
     model_id = Path(model_dir).name
     plan = faults or FaultPlan()
-    lock = threading.Lock()  # one generate at a time: the model is not re-entrant
     app = FastAPI(title="genz-speak serve")
 
     @app.get("/v1/models")
@@ -104,19 +148,7 @@ def create_app(model_dir: str | Path, faults: FaultPlan | None = None, latency_s
         if latency_s:
             await asyncio.sleep(latency_s)
 
-        def run() -> Any:
-            temperature = req.temperature or 0.0
-            with lock:
-                return generator.generate(
-                    [[m.model_dump() for m in req.messages]],
-                    max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
-                    temperature=temperature,
-                    top_p=req.top_p if req.top_p is not None else 1.0,
-                    seed=req.seed or 0,
-                    batch_size=1,
-                )[0]
-
-        out = await run_in_threadpool(run)
+        out = await run_in_threadpool(answer, req)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -136,7 +168,9 @@ def create_app(model_dir: str | Path, faults: FaultPlan | None = None, latency_s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", type=Path, help="a local model folder (e.g. models/merge)")
+    p.add_argument(
+        "model_dir", type=Path, help='a local model folder (e.g. models/merge), or "rules" (no weights)'
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")

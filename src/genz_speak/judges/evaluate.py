@@ -38,9 +38,9 @@ def answer(
     cfg: EvaluateConfig, model_dir: Path, questions: list[dict[str, Any]]
 ) -> tuple[ChatGenerator, list[str]]:
     """Greedy answers from the model in `model_dir` (kept loaded: the base model also scores fluency)."""
-    from genz_speak.models import device
+    from genz_speak.models import inference_dtype
 
-    gen = ChatGenerator(model_dir, dtype="bfloat16" if device().type == "cuda" else "float32")
+    gen = ChatGenerator(model_dir, dtype=inference_dtype(model_dir))
     outs = gen.generate(
         [[{"role": "user", "content": user_message(q)}] for q in questions],
         max_new_tokens=cfg.max_new_tokens,

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 
 from genz_speak.config import GenerateConfig
 from genz_speak.generation import ChatGenerator
+from genz_speak.models import inference_dtype
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 
 
@@ -13,7 +14,7 @@ class TransformersTeacher:
     def __init__(self, cfg: GenerateConfig):
         self.name = f"transformers:{cfg.model}"
         self.cfg = cfg
-        self.generator = ChatGenerator(cfg.model)
+        self.generator = ChatGenerator(cfg.model, dtype=inference_dtype(cfg.model))
 
     def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
         reqs = list(requests)

@@ -116,7 +116,10 @@ def generate(
     failures: dict[str, str] = {}
     start = time.monotonic()
     with AppendLog(cache_path) as cache, tqdm(total=len(todo), desc="generate", unit="row") as bar:
-        for batch in _batched(todo, max(cfg.batch_size, cfg.concurrency)):
+        # Local engines answer a whole batch at once, so batches bound what a kill can lose; the openai
+        # teacher yields each row as its request finishes, so it takes every row and no slot waits on a batch.
+        chunk = len(todo) if cfg.teacher == "openai" else cfg.batch_size
+        for batch in _batched(todo, max(chunk, 1)):
             for res in teacher.rewrite(batch):
                 progress.add(res)
                 bar.update(1)

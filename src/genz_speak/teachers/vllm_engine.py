@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from genz_speak.config import GenerateConfig
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
@@ -17,7 +18,17 @@ class VLLMTeacher:
                 "generate.teacher: vllm needs the vllm extra (pip install 'genz-speak[vllm]')"
             ) from err
         self.name = f"vllm:{cfg.model}"
-        self.llm = LLM(model=cfg.model, dtype="bfloat16", seed=cfg.sampling.seed)
+        v = cfg.vllm
+        engine: dict[str, Any] = {"attention_backend": v.attention_backend} if v.attention_backend else {}
+        self.llm = LLM(
+            model=cfg.model,
+            dtype=v.dtype,
+            seed=cfg.sampling.seed,
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            max_model_len=v.max_model_len,
+            enforce_eager=v.enforce_eager,
+            **engine,
+        )
         s = cfg.sampling
         self.params = SamplingParams(
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed

@@ -64,6 +64,8 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     cuda = torch.cuda.is_available()
     compute = torch.bfloat16 if cuda else torch.float32
     kwargs: dict[str, Any] = {"dtype": compute}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

@@ -36,14 +36,29 @@ def max_logit_diff(a: Any, b: Any, inputs: Any) -> float:
     return float((la - lb).abs()[mask].max())
 
 
-def _resolve(cfg: MergeConfig) -> str:
+def _resolve(cfg: MergeConfig, base_dir: Path) -> str:
     import torch
 
-    if cfg.backend == "unsloth" and not torch.cuda.is_available():
-        raise ValueError("params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here")
+    from genz_speak.models import stored_dtype
+
+    # Unsloth's merged_16bit save writes each merged tensor in the base's stored dtype whatever dtype
+    # it is asked for, so it can honour merge.dtype only when the base is stored in that dtype.
+    base_dtype = stored_dtype(base_dir)
+    if cfg.backend == "unsloth":
+        if not torch.cuda.is_available():
+            raise ValueError("params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here")
+        if base_dtype != cfg.dtype:
+            raise ValueError(
+                f"params.yaml: merge.backend: unsloth writes the base's stored dtype ({base_dtype}), not "
+                f"merge.dtype: {cfg.dtype}; set prepare.base_dtype: {cfg.dtype} or merge.backend: peft"
+            )
     if cfg.backend == "auto":
-        cuda = torch.cuda.is_available()
-        return "unsloth" if cuda and importlib.util.find_spec("unsloth") is not None else "peft"
+        if not (torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None):
+            return "peft"
+        if base_dtype != cfg.dtype:
+            log.info("merge.backend auto -> peft: the base is stored in %s, not %s", base_dtype, cfg.dtype)
+            return "peft"
+        return "unsloth"
     return cfg.backend
 
 
@@ -76,12 +91,16 @@ def merge(
     # Everything runs on one device: Unsloth, once imported, patches the Llama forward for CUDA.
     dev = device()
     base16_as32 = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float().to(dev).eval()
-    reference = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float(), adapter_dir
-    ).to(dev).eval()
+    reference = (
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).float(), adapter_dir
+        )
+        .to(dev)
+        .eval()
+    )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    backend = _resolve(cfg)
+    backend = _resolve(cfg, base_dir)
     if backend == "unsloth":
         _save_unsloth(adapter_dir, tmp, cfg)
     else:

@@ -121,15 +121,27 @@ def build_trainer(
 
         model = get_peft_model(model, prepared.peft_config)
     micro, accum = plan_micro_batch(cfg, model)
+    padding_free = True if cfg.packing else cfg.padding_free
+    attention = str(getattr(model.config, "_attn_implementation", None))
+    if padding_free and backend == "transformers" and "flash" not in attention:
+        raise ValueError(
+            f"params.yaml: train.packing / train.padding_free: padding-free batches need a flash-attention "
+            f"kernel on the transformers backend; attention here is {attention}, under which the rows of a "
+            "batch would attend to each other. Set train.attn_implementation: flash_attention_2 (where "
+            "installed), use the unsloth backend, or group_by_length: true instead"
+        )
+    # TRL bounds row length by packing or padding; padding-free batches without packing leave it to us.
+    truncate_here = bool(padding_free) and not cfg.packing
     args = SFTConfig(
         output_dir=str(work_dir),
-        max_length=cfg.max_seq_length,
+        max_length=None if truncate_here else cfg.max_seq_length,
         completion_only_loss=True,
         per_device_train_batch_size=micro,
         per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accum,
         packing=cfg.packing,
-        padding_free=cfg.packing,
+        # Unset unless chosen, so Unsloth's own per-GPU padding choice stays available.
+        **({"padding_free": padding_free} if padding_free is not None else {}),
         pad_to_multiple_of=cfg.pad_to_multiple_of,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         num_train_epochs=cfg.epochs,
@@ -159,7 +171,17 @@ def build_trainer(
         processing_class=prepared.tokenizer,
         callbacks=callbacks,
     )
+    if truncate_here:
+        trainer.train_dataset = _truncate(trainer.train_dataset, cfg.max_seq_length)
+        if trainer.eval_dataset is not None:
+            trainer.eval_dataset = _truncate(trainer.eval_dataset, cfg.max_seq_length)
     return trainer, micro, accum
+
+
+def _truncate(dataset: Any, max_length: int) -> Any:
+    """Cut tokenized rows to `max_length` tokens, as TRL's own truncation does (it keeps the start)."""
+    columns = [c for c in ("input_ids", "completion_mask", "assistant_masks") if c in dataset.column_names]
+    return dataset.map(lambda row: {c: row[c][:max_length] for c in columns})
 
 
 def train(
@@ -219,6 +241,7 @@ def train(
         "micro_batch": micro,
         "gradient_accumulation_steps": accum,
         "packing": cfg.packing,
+        "padding_free": bool(getattr(trainer.args, "padding_free", False)),
         "epochs": round(trainer.state.epoch or 0.0, 3),
         "train_rows": len(train_rows),
         "final_loss": round(losses[-1], 4) if losses else None,
