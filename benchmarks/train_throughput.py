@@ -77,8 +77,11 @@ def tinyllama_dir(root: Path) -> Path:
     out = root / "tinyllama-shaped"
     if (out / "config.json").is_file():
         return out
+    # The student's tokenizer stands in for TinyLlama's (no download), so the vocabulary is its 49,152
+    # rather than 32,000: Unsloth adds a pad token id that must exist in the embedding.
+    tokenizer = load_tokenizer(materialize_base_model_cached(root))
     cfg = LlamaConfig(
-        vocab_size=32000,
+        vocab_size=len(tokenizer),
         hidden_size=2048,
         intermediate_size=5632,
         num_hidden_layers=22,
@@ -86,18 +89,16 @@ def tinyllama_dir(root: Path) -> Path:
         num_key_value_heads=4,
         max_position_embeddings=2048,
         rope_theta=10000.0,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(out)
-    # Any tokenizer with pad/eos ids inside the vocab will do: the rows are pre-tokenized.
-    student = materialize_base_model_cached(root)
-    load_tokenizer(student).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 
