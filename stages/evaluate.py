@@ -2,17 +2,19 @@
 
     python stages/evaluate.py --base models/prepare --merged models/merge --data-dir data/prepare \
         --dataset data/generate/genz_dataset.jsonl --out-dir data/evaluate --judge-cache .cache/judge.jsonl \
-        --metrics metrics/evaluate.json --report metrics/report.md
+        --answer-cache .cache/answers.jsonl --metrics metrics/evaluate.json --report metrics/report.md
 
 Reads `evaluate` from params.yaml. Writes answers.jsonl and per-answer scores.jsonl under --out-dir, the
 Base / Base model / Gen / Train comparison (mean, std, n, 95% bootstrap interval per criterion) to
---metrics, and a readable table to --report. LLM-judge verdicts are cached in --judge-cache.
+--metrics, and a readable table to --report. LLM-judge verdicts are cached in --judge-cache and answers
+(per batch) in --answer-cache, so a killed run resumes where it stopped.
 """
 
 from pathlib import Path
 
 from genz_speak import stage
-from genz_speak.io import read_jsonl, write_json
+from genz_speak.data.dataset import read_dataset, read_split
+from genz_speak.io import write_json
 from genz_speak.judges.evaluate import evaluate, write_report
 
 
@@ -24,6 +26,7 @@ def main() -> None:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--judge-cache", type=Path, required=True)
+    p.add_argument("--answer-cache", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
     args = p.parse_args()
@@ -33,15 +36,16 @@ def main() -> None:
         cfg,
         args.base,
         args.merged,
-        read_jsonl(args.data_dir / "heldout.jsonl"),
-        read_jsonl(args.data_dir / "validation.jsonl"),
-        read_jsonl(args.dataset),
+        read_split(args.data_dir / "heldout.jsonl"),
+        read_split(args.data_dir / "validation.jsonl"),
+        read_dataset(args.dataset),
         args.out_dir,
         args.judge_cache,
+        args.answer_cache,
     )
     write_json(args.metrics, metrics)
     write_report(args.report, report)
 
 
 if __name__ == "__main__":
-    main()
+    stage.run(main)

@@ -13,7 +13,7 @@ appended to --cache as it finishes, so a killed run resumes and an unchanged row
 from pathlib import Path
 
 from genz_speak import stage
-from genz_speak.io import read_jsonl
+from genz_speak.data.dataset import read_split
 from genz_speak.teachers import build_teacher
 from genz_speak.teachers.run import generate
 
@@ -28,10 +28,10 @@ def main() -> None:
     cfg = stage.start("generate", args)
 
     splits = {
-        name: read_jsonl(args.data_dir / f"{name}.jsonl") for name in ("train", "validation", "heldout")
+        name: read_split(args.data_dir / f"{name}.jsonl") for name in ("train", "validation", "heldout")
     }
     generate(cfg, splits, build_teacher(cfg), args.out_dir, args.cache, args.metrics)
 
 
 if __name__ == "__main__":
-    main()
+    stage.run(main)

@@ -11,7 +11,8 @@ held-out prompts) to --metrics; fails, writing no model, when it exceeds merge.t
 from pathlib import Path
 
 from genz_speak import stage
-from genz_speak.io import read_jsonl, write_json
+from genz_speak.data.dataset import read_split
+from genz_speak.io import write_json
 from genz_speak.training.merge import merge
 
 
@@ -24,8 +25,8 @@ def main() -> None:
     p.add_argument("--metrics", type=Path, required=True)
     args = p.parse_args()
     cfg = stage.start("merge", args)
-    write_json(args.metrics, merge(cfg, args.base, args.adapter, args.out, read_jsonl(args.heldout)))
+    write_json(args.metrics, merge(cfg, args.base, args.adapter, args.out, read_split(args.heldout)))
 
 
 if __name__ == "__main__":
-    main()
+    stage.run(main)

@@ -23,7 +23,8 @@ def main() -> None:
     args = p.parse_args()
     cfg = stage.start("prepare", args)
 
-    split = split_rows(load_source(cfg), cfg)
+    skipped: list[str] = []
+    split = split_rows(load_source(cfg, skipped), cfg)
     for name in ("train", "validation", "heldout"):
         write_jsonl(args.data_dir / f"{name}.jsonl", getattr(split, name))
     model_info = materialize_base_model(cfg.base_model, args.model_dir, cfg.base_dtype)
@@ -35,11 +36,11 @@ def main() -> None:
                 "validation": len(split.validation),
                 "heldout": len(split.heldout),
             },
-            "dropped": split.dropped,
+            "dropped": {**split.dropped, "bad": len(skipped)},
             "base_model": model_info,
         },
     )
 
 
 if __name__ == "__main__":
-    main()
+    stage.run(main)

@@ -13,6 +13,8 @@ import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
+from genz_speak.errors import InputError, MissingInput
+
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -42,6 +44,7 @@ class PrepareConfig:
     heldout_size: PositiveInt = 10
     validation_size: NonNegInt = 20
     max_train_rows: PositiveInt | None = None
+    max_bad_rows: NonNegInt = 0  # skip budget: bad source rows skipped and reported; one more fails
     base_model: str = EMBEDDED_STUDENT
     base_dtype: Dtype = "float32"
 
@@ -152,6 +155,8 @@ class TrainConfig:
     eval_steps: PositiveInt | None = None
     seed: int = 42
     cpu_threads: NonNegInt = 2
+    resume: bool = False  # checkpoint every save_steps; a rerun after a kill continues from the last one
+    save_steps: PositiveInt = 50
     lora: LoraConfig = LoraConfig()
 
     @model_validator(mode="after")
@@ -249,19 +254,19 @@ def parse(cls: type[T], data: Any, path: Path = Path("params.yaml"), prefix: str
     try:
         return TypeAdapter(cls).validate_python(data if data is not None else {})
     except ValidationError as err:
-        raise ValueError(_format_error(err, path, prefix)) from None
+        raise InputError(_format_error(err, path, prefix)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and validate the whole params file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: params file not found (run from the project root)")
+        raise MissingInput(f"{path}: params file not found (run from the project root)")
     with path.open() as f:
         try:
             data = yaml.safe_load(f)
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
+            raise InputError(f"{path}: not valid YAML: {err}") from err
     if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return parse(Params, data, path)

@@ -5,30 +5,86 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from genz_speak.errors import InputError, MissingInput
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a bad line fails with the file and line number."""
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real row; a larger line is a corrupt or wrong file
+
+
+def read_jsonl(
+    path: str | Path,
+    *,
+    allow_empty: bool = True,
+    unique: str | None = None,
+    check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    skipped: list[str] | None = None,
+    max_skipped: int = 0,
+) -> list[dict[str, Any]]:
+    """Read a JSONL file of objects; any problem fails with the file and line number.
+
+    Blank lines are skipped. `allow_empty=False` rejects a file without rows; `unique` names a field whose
+    values must not repeat (the error names both lines). `check` validates (and may normalise) each row,
+    raising InputError; its message gets the file and line. With a `skipped` list, up to `max_skipped` bad
+    lines are skipped and their errors appended to it; one more fails the read.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingInput(f"{path}: file not found")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    seen: dict[Any, int] = {}
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON: {err.msg}") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                row = _parse_line(path, lineno, raw)
+                if row is not None and check is not None:
+                    try:
+                        row = check(row)
+                    except InputError as err:
+                        raise InputError(f"{path}:{lineno}: {err}") from None
+            except InputError as err:
+                if skipped is None or len(skipped) >= max_skipped:
+                    raise
+                skipped.append(str(err))
+                continue
+            if row is None:
+                continue
+            if unique is not None:
+                key = row.get(unique)
+                if key in seen:
+                    raise InputError(
+                        f"{path}:{lineno}: duplicate {unique} {key!r} (first on line {seen[key]})"
+                    )
+                seen[key] = lineno
             rows.append(row)
+    if not rows and not allow_empty:
+        raise InputError(f"{path}: no rows (the file is empty)")
     return rows
+
+
+def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
+    """One JSONL line as an object (None for a blank line), or an InputError naming the line."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise InputError(
+            f"{path}:{lineno}: line of {len(raw) / 2**20:.1f} MiB is over the {MAX_LINE_BYTES >> 20} MiB "
+            "limit (a corrupt or wrong file?)"
+        )
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}:{lineno}: not UTF-8 (byte {err.start}: {err.reason})") from None
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
@@ -43,7 +99,7 @@ def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError:
             if lineno == len(lines):  # the write a kill interrupted; it is redone on resume
                 return
-            raise ValueError(f"{path}:{lineno}: corrupt line in the middle of an append log") from None
+            raise InputError(f"{path}:{lineno}: corrupt line in the middle of an append log") from None
 
 
 @contextmanager

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from genz_speak.errors import InputError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -40,7 +42,7 @@ def make_client(base_url: str | None, api_key_env: str, timeout: float) -> opena
     key = os.environ.get(api_key_env)
     if not key:
         if base_url is None:
-            raise ValueError(
+            raise InputError(
                 f"the OpenAI API needs a key: export {api_key_env}=... "
                 "(the params name the variable, never the key)"
             )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genz_speak.config import EMBEDDED_ENCODER, EMBEDDED_STUDENT, Dtype
+from genz_speak.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -103,7 +104,9 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype))
         origin = name
     if tok.chat_template is None:
-        raise ValueError(f"prepare.base_model: {name} has no chat template; pick an instruct/chat model")
+        raise InputError(
+            f"params.yaml: prepare.base_model: {name} has no chat template; pick an instruct/chat model"
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tmp = out_dir.with_name(out_dir.name + ".tmp")

@@ -6,10 +6,17 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from genz_speak.config import Params, load_params
+from genz_speak.errors import InputError
+
+log = logging.getLogger("genz_speak.stage")
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -27,3 +34,20 @@ def start(name: str, args: argparse.Namespace) -> Any:
         "%s config: %s", name, json.dumps(dataclasses.asdict(section), default=str)
     )
     return section
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (dvc, a scheduler, `kill`) unwinds like Ctrl-C, so temporary files are removed on the way out.
+    raise SystemExit(128 + signum)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage script's `main`: bad params or data end it with one line naming the file and line or
+    the params key, and exit status 2; outputs already written are left as they were."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        main()
+    except InputError as err:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.error("%s", err)
+        sys.exit(2)

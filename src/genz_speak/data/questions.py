@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from genz_speak.config import PrepareConfig
+from genz_speak.errors import InputError, MissingInput
 from genz_speak.io import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -35,51 +36,71 @@ def row_id(row: dict[str, Any]) -> str:
     return "q-" + hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
 
 
-def validate_rows(raw: list[dict[str, Any]], origin: str) -> list[dict[str, Any]]:
-    """Check Dolly's schema row by row; the error names the origin and the 1-based row (= JSONL line)."""
+def validate_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One row in Dolly's schema, stripped and with its id; InputError (without a location) otherwise."""
+    missing = [f for f in ("instruction", "response", "category") if not r.get(f)]
+    if missing:
+        raise InputError(f"missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}")
+    bad = [f for f in DOLLY_FIELDS if r.get(f) is not None and not isinstance(r[f], str)]
+    if bad:
+        raise InputError(f"field(s) {bad} must be strings")
+    if r["category"] not in DOLLY_CATEGORIES:
+        raise InputError(f"unknown category {r['category']!r}; expected one of {sorted(DOLLY_CATEGORIES)}")
+    row = {f: (r.get(f) or "").strip() for f in DOLLY_FIELDS}
+    row["id"] = row_id(row)
+    return row
+
+
+def validate_rows(
+    raw: list[dict[str, Any]], origin: str, skipped: list[str] | None = None, max_skipped: int = 0
+) -> list[dict[str, Any]]:
+    """`validate_row` over rows that have no lines (Parquet, the hub); errors name the 1-based row."""
     rows = []
     for i, r in enumerate(raw, start=1):
-        missing = [f for f in ("instruction", "response", "category") if not r.get(f)]
-        if missing:
-            raise ValueError(
-                f"{origin}:{i}: missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}"
-            )
-        bad = [f for f in DOLLY_FIELDS if r.get(f) is not None and not isinstance(r[f], str)]
-        if bad:
-            raise ValueError(f"{origin}:{i}: field(s) {bad} must be strings")
-        if r["category"] not in DOLLY_CATEGORIES:
-            raise ValueError(
-                f"{origin}:{i}: unknown category {r['category']!r}; "
-                f"expected one of {sorted(DOLLY_CATEGORIES)}"
-            )
-        row = {f: (r.get(f) or "").strip() for f in DOLLY_FIELDS}
-        row["id"] = row_id(row)
-        rows.append(row)
+        try:
+            rows.append(validate_row(r))
+        except InputError as err:
+            if skipped is None or len(skipped) >= max_skipped:
+                raise InputError(f"{origin}:{i}: {err}") from None
+            skipped.append(f"{origin}:{i}: {err}")
     return rows
 
 
-def load_source(cfg: PrepareConfig) -> list[dict[str, Any]]:
-    """Read the configured source into validated rows with ids."""
+def load_source(cfg: PrepareConfig, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Read the configured source into validated rows with ids; up to `prepare.max_bad_rows` bad rows are
+    skipped, their errors appended to `skipped` (the stage reports them)."""
     src = cfg.source
+    budget = cfg.max_bad_rows
+    skipped = [] if skipped is None else skipped
     if src.kind == "hub":
         # Imported here: `datasets` is heavy and only this path needs it (and a network).
         from datasets import load_dataset
 
         log.info("loading %s (split %s) from the hub", src.dataset, src.split)
         raw = [dict(r) for r in load_dataset(src.dataset, split=src.split)]
-        return validate_rows(raw, f"{src.dataset}[{src.split}]")
+        return validate_rows(raw, f"{src.dataset}[{src.split}]", skipped, budget)
     path = Path(src.path)
     if path.suffix == ".parquet":
         import pandas as pd
 
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: file not found (params.yaml: prepare.source.path)")
-        raw = pd.read_parquet(path).to_dict(orient="records")
+            raise MissingInput(f"{path}: file not found (params.yaml: prepare.source.path)")
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as err:  # pyarrow's errors have no common base worth naming
+            raise InputError(f"{path}: not a readable Parquet file: {err}") from None
+        # Parquet nulls arrive as NaN or None: make them None, so they read as missing, not as non-strings.
+        raw = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        rows = validate_rows(raw, str(path), skipped, budget)
     elif path.suffix in (".jsonl", ".json"):
-        raw = read_jsonl(path)
+        rows = read_jsonl(path, check=validate_row, skipped=skipped, max_skipped=budget)
     else:
-        raise ValueError(f"params.yaml: prepare.source.path: {path} must be a .jsonl or .parquet file")
-    return validate_rows(raw, str(path))
+        raise InputError(f"params.yaml: prepare.source.path: {path} must be a .jsonl or .parquet file")
+    if not rows:
+        raise InputError(f"{path}: no usable rows")
+    for message in skipped:
+        log.warning("skipped (prepare.max_bad_rows = %d): %s", budget, message)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -111,7 +132,7 @@ def split_rows(rows: list[dict[str, Any]], cfg: PrepareConfig) -> Split:
             kept.append(r)
     needed = cfg.heldout_size + cfg.validation_size + 1
     if len(kept) < needed:
-        raise ValueError(
+        raise InputError(
             f"only {len(kept)} usable rows after filtering; prepare.heldout_size + prepare.validation_size "
             f"+ 1 = {needed} are needed"
         )

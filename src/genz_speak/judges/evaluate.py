@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 from genz_speak.config import EvaluateConfig
 from genz_speak.data.chat import user_message
 from genz_speak.generation import ChatGenerator
-from genz_speak.io import atomic_open, write_jsonl
+from genz_speak.io import AppendLog, atomic_open, read_jsonl_tolerant, write_jsonl
 from genz_speak.judges.offline import CRITERIA, OfflineJudge
 from genz_speak.reports.stats import spearman, summarize
 
@@ -34,20 +36,50 @@ def _questions(
     ]
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """A content hash of a model folder's weights and config: cached answers belong to these weights."""
+    digest = hashlib.sha256()
+    for f in sorted(model_dir.iterdir()):
+        if f.suffix in (".safetensors", ".json") and f.is_file():
+            with f.open("rb") as fh:
+                digest.update(f.name.encode() + hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
 def answer(
-    cfg: EvaluateConfig, model_dir: Path, questions: list[dict[str, Any]]
+    cfg: EvaluateConfig, model_dir: Path, questions: list[dict[str, Any]], cache_path: Path
 ) -> tuple[ChatGenerator, list[str]]:
-    """Greedy answers from the model in `model_dir` (kept loaded: the base model also scores fluency)."""
+    """Greedy answers from the model in `model_dir` (kept loaded: the base model also scores fluency).
+
+    Questions go in fixed batches (sorted by length, so each pads little) and every finished batch is
+    appended to `cache_path`: a killed run resumes at the first unfinished batch, and since a batch is
+    the same batch either way, resumed answers equal uninterrupted ones.
+    """
     from genz_speak.models import inference_dtype
 
     gen = ChatGenerator(model_dir, dtype=inference_dtype(model_dir))
-    outs = gen.generate(
-        [[{"role": "user", "content": user_message(q)}] for q in questions],
-        max_new_tokens=cfg.max_new_tokens,
-        repetition_penalty=cfg.repetition_penalty,
-        batch_size=cfg.batch_size,
-    )
-    return gen, [o.text for o in outs]
+    settings = json.dumps([model_fingerprint(model_dir), cfg.max_new_tokens, cfg.repetition_penalty])
+
+    def key(q: dict[str, Any]) -> str:
+        return hashlib.sha256(f"{settings}\x1f{q['id']}\x1f{user_message(q)}".encode()).hexdigest()
+
+    cached = {r["key"]: r["text"] for r in read_jsonl_tolerant(cache_path)}
+    order = sorted(range(len(questions)), key=lambda i: len(user_message(questions[i])))
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    todo = [b for b in batches if not all(key(questions[i]) in cached for i in b)]
+    log.info("answers from %s: %d of %d batches cached", model_dir, len(batches) - len(todo), len(batches))
+    with AppendLog(cache_path) as log_file:
+        for batch in todo:
+            outs = gen.generate(
+                [[{"role": "user", "content": user_message(questions[i])}] for i in batch],
+                max_new_tokens=cfg.max_new_tokens,
+                repetition_penalty=cfg.repetition_penalty,
+                batch_size=len(batch),
+            )
+            for i, out in zip(batch, outs, strict=True):
+                cached[key(questions[i])] = out.text
+                log_file.write({"key": key(questions[i]), "id": questions[i]["id"], "text": out.text})
+    return gen, [cached[key(q)] for q in questions]
 
 
 def build_records(
@@ -113,11 +145,12 @@ def evaluate(
     dataset: list[dict[str, Any]],
     out_dir: Path,
     judge_cache: Path,
+    answer_cache: Path,
 ) -> tuple[dict[str, Any], str]:
     """Write answers and per-answer scores under `out_dir`; return metrics and a markdown report."""
     questions = _questions(cfg, heldout, validation)
-    base_model, base_answers = answer(cfg, base_dir, questions)
-    _, gen_answers = answer(cfg, merged_dir, questions)
+    base_model, base_answers = answer(cfg, base_dir, questions, answer_cache)
+    _, gen_answers = answer(cfg, merged_dir, questions, answer_cache)
     records = build_records(questions, base_answers, gen_answers, {r["id"]: r["output"] for r in dataset})
     write_jsonl(
         out_dir / "answers.jsonl",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from genz_speak.config import OfflineJudgeConfig
+from genz_speak.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class StyleClassifier:
             return encoder(texts), np.array([0] * len(rows) + [1] * len(rows))
 
         if not train or not test:
-            raise ValueError(
+            raise InputError(
                 "the style classifier needs rewritten rows in both the train and validation splits"
             )
         x, y = xy(train)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from genz_speak.config import TrainConfig
+from genz_speak.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def resolve_backend(cfg: TrainConfig) -> Backend:
 
     cuda = torch.cuda.is_available()
     if cfg.backend == "unsloth" and not cuda:
-        raise ValueError(
+        raise InputError(
             "params.yaml: train.backend: unsloth needs a CUDA GPU; use auto or transformers here"
         )
     if cfg.backend == "auto":
@@ -42,7 +43,7 @@ class Prepared:
 def lora_kwargs(cfg: TrainConfig, num_layers: int) -> dict[str, Any]:
     top = cfg.lora.top_layers
     if top is not None and top > num_layers:
-        raise ValueError(f"params.yaml: train.lora.top_layers: {top} > the model's {num_layers} layers")
+        raise InputError(f"params.yaml: train.lora.top_layers: {top} > the model's {num_layers} layers")
     return {
         # Adapting only the top layers also stops backpropagation there: the CPU demo's main saving.
         "layers_to_transform": list(range(num_layers - top, num_layers)) if top else None,

@@ -11,6 +11,7 @@ from typing import Any
 
 from genz_speak.config import MergeConfig
 from genz_speak.data.chat import user_message
+from genz_speak.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ def _resolve(cfg: MergeConfig, base_dir: Path) -> str:
     base_dtype = stored_dtype(base_dir)
     if cfg.backend == "unsloth":
         if not torch.cuda.is_available():
-            raise ValueError("params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here")
+            raise InputError("params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here")
         if base_dtype != cfg.dtype:
-            raise ValueError(
+            raise InputError(
                 f"params.yaml: merge.backend: unsloth writes the base's stored dtype ({base_dtype}), not "
                 f"merge.dtype: {cfg.dtype}; set prepare.base_dtype: {cfg.dtype} or merge.backend: peft"
             )
@@ -84,6 +85,7 @@ def merge(
 
     from genz_speak.models import device, load_tokenizer, torch_dtype
 
+    backend = _resolve(cfg, base_dir)  # first: a merge.backend this machine cannot run fails before loading
     tokenizer = load_tokenizer(adapter_dir)
     dtype = torch_dtype(cfg.dtype)
     # The reference: the 16-bit base + the unmerged adapter, computed in float32. Against it, the check
@@ -100,7 +102,6 @@ def merge(
     )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    backend = _resolve(cfg, base_dir)
     if backend == "unsloth":
         _save_unsloth(adapter_dir, tmp, cfg)
     else:
@@ -129,7 +130,7 @@ def merge(
     }
     if diff > cfg.tolerance:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(
+        raise InputError(
             f"merged model differs from base + adapter by max |logit diff| {diff:.4f} > merge.tolerance "
             f"{cfg.tolerance}; the merged folder was not written"
         )

@@ -6,20 +6,25 @@ template: no `{% generation %}` markers or response-marker strings to keep in sy
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from genz_speak.config import TrainConfig
 from genz_speak.data.chat import prompt_completion
+from genz_speak.errors import InputError
 from genz_speak.training import backends
 
 log = logging.getLogger(__name__)
 
 
-def _live_callback(live_dir: Path) -> Any:
+def _live_callback(live_dir: Path, resume: bool = False) -> Any:
     from dvclive.huggingface import DVCLiveCallback
 
     from dvclive import Live
@@ -36,7 +41,9 @@ def _live_callback(live_dir: Path) -> Any:
             super().on_log(args, state, control, **kwargs)
 
     # Inside a DVC stage DVCLive must neither rewrite dvc.yaml nor create an experiment of its own.
-    return StepAlignedDVCLive(live=Live(str(live_dir), dvcyaml=None, save_dvc_exp=False), log_model=False)
+    return StepAlignedDVCLive(
+        live=Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume), log_model=False
+    )
 
 
 def check_masking(dataset: Any, rows_in: int, packed: bool = False) -> dict[str, int]:
@@ -54,7 +61,7 @@ def check_masking(dataset: Any, rows_in: int, packed: bool = False) -> dict[str,
     masked = 0 if packed else rows_in - sum(n > 0 for n in per_row)
     stats = {"rows": rows_in, "completion_tokens": sum(per_row), "rows_fully_masked": masked}
     if stats["completion_tokens"] == 0 or masked > rows_in // 2:
-        raise ValueError(
+        raise InputError(
             f"loss masking left {masked}/{rows_in} rows with no trained token: the completion is truncated "
             "away (raise train.max_seq_length) or the chat template drops the assistant turn"
         )
@@ -124,7 +131,7 @@ def build_trainer(
     padding_free = True if cfg.packing else cfg.padding_free
     attention = str(getattr(model.config, "_attn_implementation", None))
     if padding_free and backend == "transformers" and "flash" not in attention:
-        raise ValueError(
+        raise InputError(
             f"params.yaml: train.packing / train.padding_free: padding-free batches need a flash-attention "
             f"kernel on the transformers backend; attention here is {attention}, under which the rows of a "
             "batch would attend to each other. Set train.attn_implementation: flash_attention_2 (where "
@@ -155,7 +162,10 @@ def build_trainer(
         logging_steps=cfg.logging_steps,
         eval_strategy=("steps" if cfg.eval_steps else "epoch") if eval_dataset is not None else "no",
         eval_steps=cfg.eval_steps,
-        save_strategy="no",
+        # With train.resume, checkpoints every save_steps (only the last kept) let a killed run continue.
+        save_strategy="steps" if cfg.resume else "no",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not cuda,
@@ -184,8 +194,34 @@ def _truncate(dataset: Any, max_length: int) -> Any:
     return dataset.map(lambda row: {c: row[c][:max_length] for c in columns})
 
 
+def prepare_work_dir(
+    cfg: TrainConfig, rows: list[dict[str, Any]], base_dir: Path, work_dir: Path
+) -> str | None:
+    """The checkpoint to resume from, if `train.resume` is on and `work_dir` holds one of this very run
+    (same train params, dataset and base); anything else there is stale and removed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    blob = json.dumps(
+        [dataclasses.asdict(cfg), rows, sorted(f.name for f in base_dir.iterdir())],
+        sort_keys=True,
+        default=str,
+    )
+    fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+    stamp = work_dir / "fingerprint.txt"
+    if not cfg.resume or not stamp.is_file() or stamp.read_text() != fingerprint:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    return get_last_checkpoint(str(work_dir)) if cfg.resume else None
+
+
 def train(
-    cfg: TrainConfig, rows: list[dict[str, Any]], base_dir: Path, out_dir: Path, live_dir: Path
+    cfg: TrainConfig,
+    rows: list[dict[str, Any]],
+    base_dir: Path,
+    out_dir: Path,
+    live_dir: Path,
+    work_dir: Path,
 ) -> dict[str, Any]:
     """Train a LoRA adapter on the dataset's train split (validation split for eval loss); save it."""
     import torch
@@ -201,22 +237,25 @@ def train(
     train_rows = [prompt_completion(r) for r in rows if r["split"] == "train"]
     eval_rows = [prompt_completion(r) for r in rows if r["split"] == "validation"]
     if not train_rows:
-        raise ValueError("the dataset has no rows with split == 'train'")
+        raise InputError("the dataset has no rows with split == 'train'")
     cuda = torch.cuda.is_available()
+    checkpoint = prepare_work_dir(cfg, rows, base_dir, work_dir)
     trainer, micro, accum = build_trainer(
         cfg,
         backend,
         prepared,
         Dataset.from_list(train_rows),
         Dataset.from_list(eval_rows) if eval_rows else None,
-        out_dir.with_name(out_dir.name + ".work"),
-        [_live_callback(live_dir)],
+        work_dir,
+        [_live_callback(live_dir, resume=checkpoint is not None)],
     )
     masking = check_masking(trainer.train_dataset, len(train_rows), packed=cfg.packing)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    if checkpoint:
+        log.info("train.resume: resuming from %s", checkpoint)
     start = time.monotonic()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.monotonic() - start
 
     trainer.model.save_pretrained(out_dir)

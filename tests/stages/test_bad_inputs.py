@@ -1,0 +1,344 @@
+"""Bad params and bad data, table-driven: each case runs a stage exactly as dvc.yaml does, in a workspace
+that already holds outputs, and asserts the exact error line, exit status 2, and untouched outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from genz_speak.data.questions import validate_rows
+from genz_speak.io import read_jsonl, write_jsonl
+from tests.conftest import ROOT, python_env, stage_command
+
+GOOD = validate_rows(read_jsonl(ROOT / "data/questions.jsonl")[:40], "questions")
+SOURCE = "bad.jsonl"
+
+
+def dolly(row: dict[str, Any]) -> str:
+    return json.dumps({k: row[k] for k in ("instruction", "context", "response", "category")})
+
+
+def lines(*extra: tuple[int, str]) -> bytes:
+    """The 40 good source rows as JSONL, with `extra` (0-based line index, text) replacing lines."""
+    out = [dolly(r) for r in GOOD]
+    for i, text in extra:
+        out[i] = text
+    return ("\n".join(out) + "\n").encode()
+
+
+def dataset_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r["id"],
+            "split": "train",
+            "category": r["category"],
+            "instruction": r["instruction"],
+            "context": r["context"],
+            "source_response": r["response"],
+            "output": "ngl " + r["response"],
+        }
+        for r in GOOD[:6]
+    ]
+
+
+def jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def parquet(rows: list[dict[str, Any]], **same: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import pandas as pd
+
+        pd.DataFrame([{**same, **r} for r in rows]).to_parquet(path)
+
+    return write
+
+
+Case = tuple[str, dict[str, Any], dict[str, bytes | Callable[[Path], None]], str]
+# (stage, params overrides {"section.key": value}, files to write, the exact error text expected)
+CASES: dict[str, Case] = {
+    # ---- params
+    "unknown key": (
+        "prepare",
+        {"train.lerning_rate": 0.1},
+        {},
+        "params.yaml: train.lerning_rate: unknown key",
+    ),
+    "unknown nested key": (
+        "prepare",
+        {"train.lora.rnak": 8},
+        {},
+        "params.yaml: train.lora.rnak: unknown key",
+    ),
+    "unknown section": ("prepare", {"trian": {}}, {}, "params.yaml: trian: unknown key"),
+    "wrong type": (
+        "prepare",
+        {"train.batch_size": "eight"},
+        {},
+        "params.yaml: train.batch_size: Input should be a valid integer",
+    ),
+    "out of range": (
+        "prepare",
+        {"train.learning_rate": 2.0},
+        {},
+        "params.yaml: train.learning_rate: Input should be less than 1",
+    ),
+    "zero held-out": (
+        "prepare",
+        {"prepare.heldout_size": 0},
+        {},
+        "params.yaml: prepare.heldout_size: Input should be greater than 0",
+    ),
+    "negative tolerance": (
+        "prepare",
+        {"merge.tolerance": -1},
+        {},
+        "params.yaml: merge.tolerance: Input should be greater than 0",
+    ),
+    "bad choice": (
+        "prepare",
+        {"generate.teacher": "gpt"},
+        {},
+        "params.yaml: generate.teacher: Input should be 'rules', 'transformers', 'openai' or 'vllm'",
+    ),
+    "packing with grouping": (
+        "prepare",
+        {"train.packing": True, "train.group_by_length": True},
+        {},
+        "params.yaml: train: packing and group_by_length are alternatives; enable one",
+    ),
+    "packing without padding-free": (
+        "prepare",
+        {"train.packing": True, "train.padding_free": False},
+        {},
+        "params.yaml: train: packing is padding-free: padding_free: false contradicts packing: true",
+    ),
+    "micro-batch not a divisor": (
+        "prepare",
+        {"train.micro_batch": 3, "train.batch_size": 2, "train.gradient_accumulation_steps": 4},
+        {},
+        "params.yaml: train: micro_batch 3 must divide batch_size * gradient_accumulation_steps",
+    ),
+    "LLM teacher without a model": (
+        "prepare",
+        {"generate.teacher": "openai"},
+        {},
+        "params.yaml: generate: teacher 'openai' needs generate.model",
+    ),
+    "template without a field": (
+        "prepare",
+        {"generate.prompt_template": "Rewrite {instruction}"},
+        {},
+        "params.yaml: generate: prompt_template must contain {response}",
+    ),
+    "unsloth merge without CUDA": (
+        "merge",
+        {"merge.backend": "unsloth"},
+        {},
+        "params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here",
+    ),
+    "not YAML": ("prepare", {}, {"params.yaml": b"train: [unclosed\n"}, "params.yaml: not valid YAML"),
+    "not a mapping": (
+        "prepare",
+        {},
+        {"params.yaml": b"- train\n"},
+        "params.yaml: expected a mapping of sections",
+    ),
+    # ---- source data (prepare.source.path = bad.jsonl unless the case writes params)
+    "broken JSON line": (
+        "prepare",
+        {},
+        {SOURCE: lines((2, '{"instruction": "x",'))},
+        "bad.jsonl:3: not valid JSON",
+    ),
+    "missing field": (
+        "prepare",
+        {},
+        {SOURCE: lines((1, '{"instruction": "Why?", "category": "open_qa"}'))},
+        "bad.jsonl:2: missing or empty field(s) ['response']",
+    ),
+    "wrong field type": (
+        "prepare",
+        {},
+        {SOURCE: lines((0, '{"instruction": 5, "response": "r", "category": "open_qa"}'))},
+        "bad.jsonl:1: field(s) ['instruction'] must be strings",
+    ),
+    "unknown category": (
+        "prepare",
+        {},
+        {SOURCE: lines((3, '{"instruction": "i", "response": "r", "category": "poetry"}'))},
+        "bad.jsonl:4: unknown category 'poetry'",
+    ),
+    "not an object": (
+        "prepare",
+        {},
+        {SOURCE: lines((4, "[1, 2]"))},
+        "bad.jsonl:5: expected a JSON object, got list",
+    ),
+    "empty file": ("prepare", {}, {SOURCE: b""}, "bad.jsonl: no usable rows"),
+    "non-UTF-8 bytes": (
+        "prepare",
+        {},
+        {SOURCE: lines() + b'{"instruction": "caf\xe9", "response": "r", "category": "open_qa"}\n'},
+        "bad.jsonl:41: not UTF-8 (byte 20: invalid continuation byte)",
+    ),
+    "10 MB line": (
+        "prepare",
+        {},
+        {SOURCE: lines((1, json.dumps({"instruction": "x" * 10_000_000})))},
+        "bad.jsonl:2: line of 9.5 MiB is over the 1 MiB limit",
+    ),
+    "over the skip budget": (
+        "prepare",
+        {"prepare.max_bad_rows": 1},
+        {SOURCE: lines((1, "{"), (5, "{"))},
+        "bad.jsonl:6: not valid JSON",
+    ),
+    "missing source": ("prepare", {"prepare.source.path": "nope.jsonl"}, {}, "nope.jsonl: file not found"),
+    "unsupported format": (
+        "prepare",
+        {"prepare.source.path": "rows.csv"},
+        {"rows.csv": b"a,b\n"},
+        "params.yaml: prepare.source.path: rows.csv must be a .jsonl or .parquet file",
+    ),
+    "corrupt Parquet": (
+        "prepare",
+        {"prepare.source.path": "bad.parquet"},
+        {"bad.parquet": b"PAR1 not really"},
+        "bad.parquet: not a readable Parquet file",
+    ),
+    "Parquet wrong type": (
+        "prepare",
+        {"prepare.source.path": "bad.parquet"},
+        {
+            "bad.parquet": parquet(
+                [{"response": "r"}, {"response": None}], category="open_qa", instruction="i"
+            )
+        },
+        "bad.parquet:2: missing or empty field(s) ['response']",
+    ),
+    # ---- the dataset the train stage reads
+    "duplicate ids": (
+        "train",
+        {},
+        {"data/generate/genz_dataset.jsonl": jsonl([*dataset_rows(), dataset_rows()[1]])},
+        f"genz_dataset.jsonl:7: duplicate id '{GOOD[1]['id']}' (first on line 2)",
+    ),
+    "dataset missing output": (
+        "train",
+        {},
+        {
+            "data/generate/genz_dataset.jsonl": jsonl(
+                [{k: v for k, v in r.items() if k != "output"} for r in dataset_rows()]
+            )
+        },
+        "genz_dataset.jsonl:1: missing field(s) ['output']",
+    ),
+    "dataset bad split": (
+        "train",
+        {},
+        {"data/generate/genz_dataset.jsonl": jsonl([{**r, "split": "test"} for r in dataset_rows()])},
+        "genz_dataset.jsonl:1: split 'test' is not one of ('train', 'validation', 'heldout')",
+    ),
+    "dataset empty": (
+        "train",
+        {},
+        {"data/generate/genz_dataset.jsonl": b"\n"},
+        "genz_dataset.jsonl: no rows (the file is empty)",
+    ),
+}
+
+# Outputs a previous run left: none of them may change when a stage fails on bad input.
+PRIOR_OUTPUTS = [
+    "data/prepare/train.jsonl",
+    "data/prepare/validation.jsonl",
+    "data/prepare/heldout.jsonl",
+    "metrics/prepare.json",
+    "models/merge/config.json",
+    "models/train/adapter_config.json",
+    "metrics/train.json",
+]
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {p: hashlib.sha256((root / p).read_bytes()).hexdigest() for p in PRIOR_OUTPUTS}
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, tiny_params_dict: dict[str, Any], tiny_model: Path) -> Path:
+    params = tiny_params_dict
+    params["prepare"]["source"]["path"] = SOURCE
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / SOURCE).write_bytes(lines())
+    write_jsonl(tmp_path / "data/prepare/train.jsonl", GOOD[:20])
+    write_jsonl(tmp_path / "data/prepare/validation.jsonl", GOOD[20:30])
+    write_jsonl(tmp_path / "data/prepare/heldout.jsonl", GOOD[30:])
+    write_jsonl(tmp_path / "data/generate/genz_dataset.jsonl", dataset_rows())
+    for name, text in {
+        "metrics/prepare.json": "{}",
+        "metrics/train.json": "{}",
+        "models/merge/config.json": "{}",
+        "models/train/adapter_config.json": "{}",
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    shutil.copytree(tiny_model, tmp_path / "models/prepare")
+    return tmp_path
+
+
+def set_key(params: dict[str, Any], dotted: str, value: Any) -> None:
+    *path, last = dotted.split(".")
+    node = params
+    for key in path:
+        node = node.setdefault(key, {})
+    node[last] = value
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_bad_input_fails_clearly_and_touches_nothing(workspace: Path, case: str) -> None:
+    stage, overrides, files, expected = CASES[case]
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    for key, value in overrides.items():
+        set_key(params, key, value)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    for name, content in files.items():
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(workspace / name)
+        else:
+            (workspace / name).write_bytes(content)
+    before = digest(workspace)
+
+    proc = subprocess.run(
+        stage_command(stage), cwd=workspace, env=python_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
+    assert len(error) == 1 and expected in error[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert digest(workspace) == before
+    assert not list(workspace.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_skip_budget_skips_and_reports(workspace: Path) -> None:
+    (workspace / SOURCE).write_bytes(lines((1, "{"), (5, '{"instruction": "i", "category": "open_qa"}')))
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["prepare"]["max_bad_rows"] = 2
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        stage_command("prepare"), cwd=workspace, env=python_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped (prepare.max_bad_rows = 2): bad.jsonl:2: not valid JSON" in proc.stderr
+    assert "bad.jsonl:6: missing or empty field(s) ['response']" in proc.stderr
+    metrics = json.loads((workspace / "metrics/prepare.json").read_text())
+    assert metrics["dropped"]["bad"] == 2
+    assert sum(metrics["rows"].values()) == 38
