@@ -88,16 +88,16 @@ def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
 
 
 def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
-    """Read an append-only log that a killed process may have left with a torn last line."""
+    """Read an append-only log that a killed process may have left with a torn last line (cut anywhere,
+    even inside a multi-byte character)."""
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as f:
-        lines = f.readlines()
+    lines = path.read_bytes().splitlines(keepends=True)
     for lineno, line in enumerate(lines, start=1):
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if lineno == len(lines):  # the write a kill interrupted; it is redone on resume
+            yield json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if lineno == len(lines) and not line.endswith(b"\n"):  # the write a kill interrupted
                 return
             raise InputError(f"{path}:{lineno}: corrupt line in the middle of an append log") from None
 

@@ -102,10 +102,15 @@ def call_with_retries(fn: Callable[[], R], max_retries: int, initial_wait: float
 
 def map_concurrent(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[tuple[T, R]]:
     """Apply `fn` with at most `concurrency` calls in flight; yield (item, result) as each finishes."""
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    try:
         futures = {pool.submit(fn, item): item for item in items}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
+    finally:
+        # An early exit (SIGTERM, Ctrl-C, an error downstream) drops the requests not yet sent; only
+        # those in flight are waited for, so a stop takes one request's time, not the whole queue's.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def chat_text(resp: Any) -> str:

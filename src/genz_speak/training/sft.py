@@ -199,8 +199,6 @@ def prepare_work_dir(
 ) -> str | None:
     """The checkpoint to resume from, if `train.resume` is on and `work_dir` holds one of this very run
     (same train params, dataset and base); anything else there is stale and removed."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     blob = json.dumps(
         [dataclasses.asdict(cfg), rows, sorted(f.name for f in base_dir.iterdir())],
         sort_keys=True,
@@ -212,7 +210,21 @@ def prepare_work_dir(
         shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
-    return get_last_checkpoint(str(work_dir)) if cfg.resume else None
+    return _last_complete_checkpoint(work_dir) if cfg.resume else None
+
+
+def _last_complete_checkpoint(work_dir: Path) -> str | None:
+    """The newest checkpoint that was written to the end: the Trainer writes trainer_state.json last, so a
+    kill mid-save leaves a folder without a readable one (removed here, never resumed from)."""
+    steps = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True)
+    for ckpt in steps:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            log.warning("train.resume: %s is incomplete (killed while saving); removed", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return None
 
 
 def train(
