@@ -30,6 +30,7 @@ class ScriptedServer:
         self.answer = answer
         self.stall_s = stall_s
         self.counts: Counter[str] = Counter()
+        self.auth: set[str] = set()  # the Authorization headers seen, to check which key was sent
         self.lock = threading.Lock()
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.chat)
@@ -43,6 +44,7 @@ class ScriptedServer:
 
         body = await request.json()
         with self.lock:
+            self.auth.add(request.headers.get("authorization", ""))
             action = next(self.script)
             self.counts[action] += 1
             self.counts["requests"] += 1

@@ -103,6 +103,13 @@ class GenerateConfig:
         for field in ("{instruction}", "{response}"):
             if field not in self.prompt_template:
                 raise ValueError(f"prompt_template must contain {field}")
+        try:  # other braces must be doubled, or every row would fail later on str.format
+            self.prompt_template.format(instruction="", context="", response="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"prompt_template: {err!r} is not one of {{instruction}}, {{context}}, {{response}}; "
+                "write literal braces as {{ and }}"
+            ) from None
         return self
 
 

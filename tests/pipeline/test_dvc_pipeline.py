@@ -140,3 +140,45 @@ def test_push_clone_pull_roundtrip(repo: Path, tmp_path: Path) -> None:
     assert (clone / "data/generate/genz_dataset.jsonl").read_bytes() == (
         repo / "data/generate/genz_dataset.jsonl"
     ).read_bytes()
+
+
+def test_a_sentinel_key_never_lands_in_the_repo(repo: Path) -> None:
+    """The openai teacher and the LLM judge both use a key from the environment; after `dvc repro` no file
+    under the repo (params, dvc.lock, metrics, plots, dvclive, models, caches, .git, .dvc) holds it."""
+    import os
+    import uuid
+
+    from genz_speak.teachers.rules import stylize
+    from tests.openai_server import ScriptedServer, serve, verdict_for
+
+    sentinel = f"sk-SENTINEL-{uuid.uuid4().hex}"
+
+    def rewrite(messages: list[dict[str, str]]) -> str:
+        prompt = messages[-1]["content"]
+        return stylize(prompt.rsplit("Answer:", 1)[-1].removesuffix("Rewritten answer:").strip(), prompt)
+
+    teacher, judge = ScriptedServer(["ok"], rewrite), ScriptedServer(["ok"], verdict_for)
+    with serve(teacher.app) as teacher_url, serve(judge.app) as judge_url:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["generate"].update(
+            teacher="openai", model="teacher", base_url=teacher_url, api_key_env="GENZ_SENTINEL_KEY"
+        )
+        params["evaluate"]["judge"] = "both"
+        params["evaluate"]["llm"].update(model="judge", base_url=judge_url, api_key_env="GENZ_SENTINEL_KEY")
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = subprocess.run(
+            ["dvc", "repro"],
+            cwd=repo,
+            env={**python_env(), "GENZ_SENTINEL_KEY": sentinel},
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert ran(proc.stdout) == STAGES[1:]
+    assert teacher.auth == judge.auth == {f"Bearer {sentinel}"}  # the key was really used
+    assert sentinel not in proc.stdout + proc.stderr
+    files = [p for p in repo.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(files) > 50 and any(".dvc/cache" in str(p) for p in files)
+    assert [p for p in files if sentinel.encode() in p.read_bytes()] == []
+    assert os.environ.get("GENZ_SENTINEL_KEY") is None
