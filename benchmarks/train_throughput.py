@@ -5,14 +5,16 @@
 
 Cases (8 rows per optimizer step; packing: 8 packed sequences): 2x4 (the recipe), 8x1, auto (micro-batch
 auto, padding left to the backend), auto-padfree (padding-free batches), grouped (length-grouped batches
-padded to multiples of 64), packing (TRL BFD packing), full-8x1 (every row 1024 tokens: the ceiling).
+padded to multiples of 64), packing (TRL BFD packing), packing-wrapped (dense 1024-token blocks),
+full-8x1 (every row 1024 tokens: the ceiling).
 
-Models: `tinyllama`, a TinyLlama-shaped Llama (22 layers, hidden 2048, vocab 32000) with random weights
-from a config (no download), and `student`, the embedded SmolLM2-135M-Instruct. Rows are pre-tokenized
-random ids with a log-normal length distribution (mean ~222 tokens, like instruction data), 60% of each
-row the response; `full` rows are all max_seq_length long (the ceiling). Every case runs the project's own
-`build_trainer` (TRL SFTTrainer, 4-bit QLoRA, response-only loss) in a fresh process, so Unsloth's
-patches never leak between cases. Real tokens/s counts non-padding tokens only.
+Models: `tinyllama`, a TinyLlama-shaped Llama (22 layers, hidden 2048; the student's 49,152-token
+vocabulary) with random weights from a config (no download), and `student`, the embedded
+SmolLM2-135M-Instruct. Rows are pre-tokenized random ids with a log-normal length distribution (mean ~222
+tokens, like instruction data), 60% of each row the response; `full` rows are all max_seq_length long (the
+ceiling). Every case runs the project's own `build_trainer` (TRL SFTTrainer, 4-bit QLoRA, response-only
+loss); each backend runs in its own process, so Unsloth's patches never reach the transformers backend.
+Real tokens/s counts the non-padding tokens fed to the model.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ CASES: dict[str, dict[str, Any]] = {
         "pad_to_multiple_of": 64,
     },
     "packing": {"batch_size": 8, "gradient_accumulation_steps": 1, "packing": True},
+    "packing-wrapped": {
+        "batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "packing": True,
+        "packing_strategy": "wrapped",
+    },
     "full-8x1": {"batch_size": 8, "gradient_accumulation_steps": 1, "padding_free": False, "full": True},
 }
 H100_BF16_DENSE = 989e12  # FLOP/s, the datasheet's dense bf16 figure (MFU denominator)

@@ -142,6 +142,10 @@ class TrainConfig:
     # "auto" picks the largest divisor that fits in GPU memory (fewer accumulation steps), an int forces one.
     micro_batch: Literal["auto"] | PositiveInt | None = None
     packing: bool = False
+    # bfd: TRL's best-fit packing, padding-free, rows never see each other (needs varlen attention);
+    # wrapped: rows concatenated and cut into dense max_seq_length blocks, attending across row boundaries
+    # (pretraining-style), the fastest shape on a GPU.
+    packing_strategy: Literal["bfd", "wrapped"] = "bfd"
     # Padding-free batches concatenate a micro-batch's rows (varlen attention, no pad tokens). None leaves
     # the choice to the backend: Unsloth measures and picks per GPU; TRL pads unless packing.
     padding_free: bool | None = None
@@ -177,8 +181,8 @@ class TrainConfig:
             )
         if self.packing and self.group_by_length:
             raise ValueError("packing and group_by_length are alternatives; enable one")
-        if self.packing and self.padding_free is False:
-            raise ValueError("packing is padding-free: padding_free: false contradicts packing: true")
+        if self.packing and self.packing_strategy == "bfd" and self.padding_free is False:
+            raise ValueError("bfd packing is padding-free: padding_free: false contradicts it")
         return self
 
 

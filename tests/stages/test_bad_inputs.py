@@ -119,7 +119,7 @@ CASES: dict[str, Case] = {
         "prepare",
         {"train.packing": True, "train.padding_free": False},
         {},
-        "params.yaml: train: packing is padding-free: padding_free: false contradicts packing: true",
+        "params.yaml: train: bfd packing is padding-free: padding_free: false contradicts it",
     ),
     "micro-batch not a divisor": (
         "prepare",

@@ -128,7 +128,8 @@ def build_trainer(
 
         model = get_peft_model(model, prepared.peft_config)
     micro, accum = plan_micro_batch(cfg, model)
-    padding_free = True if cfg.packing else cfg.padding_free
+    bfd = cfg.packing and cfg.packing_strategy == "bfd"
+    padding_free = True if bfd else (False if cfg.packing else cfg.padding_free)
     attention = str(getattr(model.config, "_attn_implementation", None))
     if padding_free and backend == "transformers" and "flash" not in attention:
         raise InputError(
@@ -147,6 +148,7 @@ def build_trainer(
         per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accum,
         packing=cfg.packing,
+        packing_strategy=cfg.packing_strategy,
         # Unset unless chosen, so Unsloth's own per-GPU padding choice stays available.
         **({"padding_free": padding_free} if padding_free is not None else {}),
         pad_to_multiple_of=cfg.pad_to_multiple_of,
@@ -291,7 +293,7 @@ def train(
         "steps": trainer.state.global_step,
         "micro_batch": micro,
         "gradient_accumulation_steps": accum,
-        "packing": cfg.packing,
+        "packing": cfg.packing and cfg.packing_strategy,
         "padding_free": bool(getattr(trainer.args, "padding_free", False)),
         "epochs": round(trainer.state.epoch or 0.0, 3),
         "train_rows": len(train_rows),
