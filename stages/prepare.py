@@ -11,7 +11,7 @@ from pathlib import Path
 
 from genz_speak import stage
 from genz_speak.data.questions import load_source, split_rows
-from genz_speak.io import write_json, write_jsonl
+from genz_speak.io import SkipBudget, write_json, write_jsonl
 from genz_speak.models import materialize_base_model
 
 
@@ -23,8 +23,8 @@ def main() -> None:
     args = p.parse_args()
     cfg = stage.start("prepare", args)
 
-    skipped: list[str] = []
-    split = split_rows(load_source(cfg, skipped), cfg)
+    budget = SkipBudget(cfg.max_bad_rows)
+    split = split_rows(load_source(cfg, budget), cfg)
     for name in ("train", "validation", "heldout"):
         write_jsonl(args.data_dir / f"{name}.jsonl", getattr(split, name))
     model_info = materialize_base_model(cfg.base_model, args.model_dir, cfg.base_dtype)
@@ -36,7 +36,7 @@ def main() -> None:
                 "validation": len(split.validation),
                 "heldout": len(split.heldout),
             },
-            "dropped": {**split.dropped, "bad": len(skipped)},
+            "dropped": {**split.dropped, "bad": len(budget.skipped)},
             "base_model": model_info,
         },
     )

@@ -7,10 +7,25 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from genz_speak.errors import InputError, MissingInput
+
+
+@dataclass
+class SkipBudget:
+    """Bad rows a reader may skip: each is recorded; one over `limit` fails the read."""
+
+    limit: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def absorb(self, err: InputError) -> None:
+        if len(self.skipped) >= self.limit:
+            raise err
+        self.skipped.append(str(err))
+
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real row; a larger line is a corrupt or wrong file
 
@@ -21,15 +36,14 @@ def read_jsonl(
     allow_empty: bool = True,
     unique: str | None = None,
     check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    skipped: list[str] | None = None,
-    max_skipped: int = 0,
+    budget: SkipBudget | None = None,
 ) -> list[dict[str, Any]]:
     """Read a JSONL file of objects; any problem fails with the file and line number.
 
     Blank lines are skipped. `allow_empty=False` rejects a file without rows; `unique` names a field whose
     values must not repeat (the error names both lines). `check` validates (and may normalise) each row,
-    raising InputError; its message gets the file and line. With a `skipped` list, up to `max_skipped` bad
-    lines are skipped and their errors appended to it; one more fails the read.
+    raising InputError; its message gets the file and line. With a `budget`, bad lines within its limit are
+    skipped and recorded there.
     """
     path = Path(path)
     if not path.is_file():
@@ -46,9 +60,7 @@ def read_jsonl(
                     except InputError as err:
                         raise InputError(f"{path}:{lineno}: {err}") from None
             except InputError as err:
-                if skipped is None or len(skipped) >= max_skipped:
-                    raise
-                skipped.append(str(err))
+                (budget or SkipBudget()).absorb(err)
                 continue
             if row is None:
                 continue

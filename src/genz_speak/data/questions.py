@@ -11,7 +11,7 @@ from typing import Any
 
 from genz_speak.config import PrepareConfig
 from genz_speak.errors import InputError, MissingInput
-from genz_speak.io import read_jsonl
+from genz_speak.io import SkipBudget, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def validate_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_rows(
-    raw: list[dict[str, Any]], origin: str, skipped: list[str] | None = None, max_skipped: int = 0
+    raw: list[dict[str, Any]], origin: str, budget: SkipBudget | None = None
 ) -> list[dict[str, Any]]:
     """`validate_row` over rows that have no lines (Parquet, the hub); errors name the 1-based row."""
     rows = []
@@ -60,27 +60,25 @@ def validate_rows(
         try:
             rows.append(validate_row(r))
         except InputError as err:
-            if skipped is None or len(skipped) >= max_skipped:
-                raise InputError(f"{origin}:{i}: {err}") from None
-            skipped.append(f"{origin}:{i}: {err}")
+            (budget or SkipBudget()).absorb(InputError(f"{origin}:{i}: {err}"))
     return rows
 
 
-def load_source(cfg: PrepareConfig, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+def load_source(cfg: PrepareConfig, budget: SkipBudget | None = None) -> list[dict[str, Any]]:
     """Read the configured source into validated rows with ids; up to `prepare.max_bad_rows` bad rows are
-    skipped, their errors appended to `skipped` (the stage reports them)."""
+    skipped and recorded in `budget` (pass one to report them)."""
     src = cfg.source
-    budget = cfg.max_bad_rows
-    skipped = [] if skipped is None else skipped
+    budget = budget or SkipBudget(cfg.max_bad_rows)
+    path = Path(src.path)
     if src.kind == "hub":
         # Imported here: `datasets` is heavy and only this path needs it (and a network).
         from datasets import load_dataset
 
         log.info("loading %s (split %s) from the hub", src.dataset, src.split)
         raw = [dict(r) for r in load_dataset(src.dataset, split=src.split)]
-        return validate_rows(raw, f"{src.dataset}[{src.split}]", skipped, budget)
-    path = Path(src.path)
-    if path.suffix == ".parquet":
+        origin = f"{src.dataset}[{src.split}]"
+        rows = validate_rows(raw, origin, budget)
+    elif path.suffix == ".parquet":
         import pandas as pd
 
         if not path.is_file():
@@ -91,15 +89,17 @@ def load_source(cfg: PrepareConfig, skipped: list[str] | None = None) -> list[di
             raise InputError(f"{path}: not a readable Parquet file: {err}") from None
         # Parquet nulls arrive as NaN or None: make them None, so they read as missing, not as non-strings.
         raw = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-        rows = validate_rows(raw, str(path), skipped, budget)
+        origin = str(path)
+        rows = validate_rows(raw, origin, budget)
     elif path.suffix in (".jsonl", ".json"):
-        rows = read_jsonl(path, check=validate_row, skipped=skipped, max_skipped=budget)
+        origin = str(path)
+        rows = read_jsonl(path, check=validate_row, budget=budget)
     else:
         raise InputError(f"params.yaml: prepare.source.path: {path} must be a .jsonl or .parquet file")
     if not rows:
-        raise InputError(f"{path}: no usable rows")
-    for message in skipped:
-        log.warning("skipped (prepare.max_bad_rows = %d): %s", budget, message)
+        raise InputError(f"{origin}: no usable rows")
+    for message in budget.skipped:
+        log.warning("skipped (prepare.max_bad_rows = %d): %s", budget.limit, message)
     return rows
 
 
