@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -38,6 +39,16 @@ def stored_dtype(model_dir: Path) -> str | None:
     """The dtype a model folder's weights are stored in, from its config.json."""
     config = json.loads((Path(model_dir) / "config.json").read_text())
     return config.get("dtype") or config.get("torch_dtype")
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A content hash of a model folder's weights and config: caches and checkpoints belong to these."""
+    digest = hashlib.sha256()
+    for f in sorted(model_dir.iterdir()):
+        if f.suffix in (".safetensors", ".json") and f.is_file():
+            with f.open("rb") as fh:
+                digest.update(f.name.encode() + hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
 
 
 def inference_dtype(model_dir: str | Path) -> Dtype:

@@ -36,16 +36,6 @@ def _questions(
     ]
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """A content hash of a model folder's weights and config: cached answers belong to these weights."""
-    digest = hashlib.sha256()
-    for f in sorted(model_dir.iterdir()):
-        if f.suffix in (".safetensors", ".json") and f.is_file():
-            with f.open("rb") as fh:
-                digest.update(f.name.encode() + hashlib.file_digest(fh, "sha256").digest())
-    return digest.hexdigest()
-
-
 def answer(
     cfg: EvaluateConfig, model_dir: Path, questions: list[dict[str, Any]], cache_path: Path
 ) -> tuple[ChatGenerator, list[str]]:
@@ -55,7 +45,7 @@ def answer(
     appended to `cache_path`: a killed run resumes at the first unfinished batch, and since a batch is
     the same batch either way, resumed answers equal uninterrupted ones.
     """
-    from genz_speak.models import inference_dtype
+    from genz_speak.models import inference_dtype, model_fingerprint
 
     gen = ChatGenerator(model_dir, dtype=inference_dtype(model_dir))
     settings = json.dumps([model_fingerprint(model_dir), cfg.max_new_tokens, cfg.repetition_penalty])

@@ -201,11 +201,10 @@ def prepare_work_dir(
 ) -> str | None:
     """The checkpoint to resume from, if `train.resume` is on and `work_dir` holds one of this very run
     (same train params, dataset and base); anything else there is stale and removed."""
-    blob = json.dumps(
-        [dataclasses.asdict(cfg), rows, sorted(f.name for f in base_dir.iterdir())],
-        sort_keys=True,
-        default=str,
-    )
+    from genz_speak.models import model_fingerprint
+
+    state = [dataclasses.asdict(cfg), rows, model_fingerprint(base_dir)]
+    blob = json.dumps(state, sort_keys=True, default=str)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()
     stamp = work_dir / "fingerprint.txt"
     if not cfg.resume or not stamp.is_file() or stamp.read_text() != fingerprint:
