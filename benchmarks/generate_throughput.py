@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from genz_speak.config import GenerateConfig, SamplingConfig
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl
+from genz_speak.serve import launch
 from genz_speak.teachers import build_teacher
 from genz_speak.teachers.run import generate
 
@@ -61,28 +58,8 @@ def timed_generate(cfg: GenerateConfig, rows: list[dict[str, Any]], work: Path) 
     }
 
 
-def start_rules_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    cmd = [sys.executable, "-m", "genz_speak.serve", "rules", "--port", str(port), "--latency", str(latency)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("genz-speak serve rules did not start")
-
-
 def concurrency(args: argparse.Namespace) -> None:
-    proc, url = start_rules_server(args.latency)
+    proc, url = launch("rules", "--latency", str(args.latency))
     try:
         results = []
         for c in args.levels:

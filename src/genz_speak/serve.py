@@ -17,6 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -190,6 +193,30 @@ def run(args: argparse.Namespace) -> None:
     uvicorn.run(
         create_app(args.model_dir, plan, args.latency), host=args.host, port=args.port, log_level="warning"
     )
+
+
+def launch(
+    model_dir: str | Path, *options: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`genz-speak serve MODEL_DIR OPTIONS` in a subprocess on a free 127.0.0.1 port; the process and its
+    /v1 URL once it answers (benchmarks and tests use it as their real server)."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "genz_speak.serve", str(model_dir), "--port", str(port), *options]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"genz-speak serve {model_dir} did not answer within {timeout:.0f} s")
 
 
 def main() -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,38 +15,15 @@ import yaml
 
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, read_jsonl_tolerant, write_jsonl
+from genz_speak.serve import launch
 from tests.conftest import ROOT, python_env, stage_command
 
 pytestmark = pytest.mark.slow
 ROWS = 30
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start_server(model: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genz_speak.serve", str(model), "--port", str(port), *extra],
-        env=python_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("genz-speak serve did not start")
+def start_server(model: Path, *options: str) -> tuple[subprocess.Popen[bytes], str]:
+    return launch(model, *options, env=python_env())
 
 
 @pytest.fixture
