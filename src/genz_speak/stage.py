@@ -19,6 +19,10 @@ from genz_speak.errors import InputError
 log = logging.getLogger("genz_speak.stage")
 
 
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
@@ -27,7 +31,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 
 def start(name: str, args: argparse.Namespace) -> Any:
     """Configure logging, load and validate the params file, log and return this stage's section."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     params: Params = load_params(args.params)
     section = getattr(params, name)
     logging.getLogger(f"genz_speak.stages.{name}").info(
@@ -48,6 +52,6 @@ def run(main: Callable[[], None]) -> None:
     try:
         main()
     except InputError as err:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _configure_logging()
         log.error("%s", err)
         sys.exit(2)
