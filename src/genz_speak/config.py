@@ -6,6 +6,7 @@ with the dotted `params.yaml` key that caused it, e.g. ``params.yaml: train.lora
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -141,6 +142,9 @@ class TrainConfig:
     # Rows per optimizer step stay batch_size * gradient_accumulation_steps; micro_batch re-splits them:
     # "auto" picks the largest divisor that fits in GPU memory (fewer accumulation steps), an int forces one.
     micro_batch: Literal["auto"] | PositiveInt | None = None
+    # Data-parallel processes (DDP through `accelerate launch`), one per GPU; "auto": every visible GPU.
+    # The rows per optimizer step are split across them: micro-batch x accumulation x processes.
+    num_processes: Literal["auto"] | PositiveInt = 1
     packing: bool = False
     # bfd: TRL's best-fit packing, padding-free, rows never see each other (needs varlen attention);
     # wrapped: rows concatenated and cut into dense max_seq_length blocks, attending across row boundaries
@@ -249,15 +253,22 @@ class Params:
 T = TypeVar("T")
 
 
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|literal\[.*\]|constrained-.*|function-.*)$")
+
+
 def _format_error(err: ValidationError, path: Path, prefix: str) -> str:
-    lines = []
+    """One line per bad key; a value that fits none of a union's choices (e.g. "auto" or a positive int)
+    gets one line listing what each choice wanted, rather than one line per choice under pydantic's tags."""
+    messages: dict[str, list[str]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = [str(p) for p in (prefix, *e["loc"]) if p != ""]
         if e["type"] == "unexpected_keyword_argument":
             msg = "unknown key (check its spelling; see params.yaml's comments for the known keys)"
-        lines.append(f"{path}: {key or '<root>'}: {msg}")
-    return "\n".join(lines)
+        else:
+            loc = [p for p in loc if not _UNION_TAG.match(p)]
+            msg = e["msg"].removeprefix("Value error, ")
+        messages.setdefault(".".join(loc) or "<root>", []).append(msg)
+    return "\n".join(f"{path}: {key}: {' or '.join(msgs)}" for key, msgs in messages.items())
 
 
 def parse(cls: type[T], data: Any, path: Path = Path("params.yaml"), prefix: str = "") -> T:

@@ -254,6 +254,19 @@ CASES: dict[str, Case] = {
         {"data/generate/genz_dataset.jsonl": b"\n"},
         "genz_dataset.jsonl: no rows (the file is empty)",
     ),
+    # ---- data parallelism: said before any process is launched
+    "processes not splitting the step": (
+        "train",
+        {"train.num_processes": 3, "train.batch_size": 4},
+        {},
+        "params.yaml: train.num_processes: 3 processes cannot split the 4 rows of an optimizer step",
+    ),
+    "processes zero": (
+        "train",
+        {"train.num_processes": 0},
+        {},
+        "params.yaml: train.num_processes: Input should be 'auto' or Input should be greater than 0",
+    ),
 }
 
 # Outputs a previous run left: none of them may change when a stage fails on bad input.

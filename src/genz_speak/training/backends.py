@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError
+from genz_speak.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     kwargs: dict[str, Any] = {"dtype": compute}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    if cuda and distributed.world_size() > 1:
+        # Each data-parallel process holds a whole copy on its own GPU (a 4-bit model cannot be moved later).
+        kwargs["device_map"] = {"": distributed.local_rank()}
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -85,6 +89,7 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
 
 def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
     # Unsloth patches transformers/trl at import: it must come before them (sft.py imports trl later).
+    # Under a data-parallel launch its loader places each process's copy on that process's GPU (LOCAL_RANK).
     from unsloth import FastLanguageModel
 
     model, tok = FastLanguageModel.from_pretrained(

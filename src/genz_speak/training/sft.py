@@ -19,7 +19,7 @@ from typing import Any
 from genz_speak.config import TrainConfig
 from genz_speak.data.chat import prompt_completion
 from genz_speak.errors import InputError
-from genz_speak.training import backends
+from genz_speak.training import backends, distributed
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +70,33 @@ def check_masking(dataset: Any, rows_in: int, packed: bool = False) -> dict[str,
     return stats
 
 
-def plan_micro_batch(cfg: TrainConfig, model: Any) -> tuple[int, int]:
+def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[int, int]:
     """(rows per device step, accumulation steps) keeping rows per optimizer step fixed.
 
-    "auto" on CUDA probes a forward + backward at max_seq_length for each divisor of the effective batch,
-    largest first, and keeps the first that fits; on CPU memory is not the limit, so it keeps batch_size.
+    The optimizer step's batch_size * gradient_accumulation_steps rows are split evenly over `processes`
+    data-parallel processes: micro-batch x accumulation x processes. "auto" on CUDA probes a forward +
+    backward at max_seq_length for each divisor of a process's rows, largest first, and keeps the first
+    that fits; on CPU memory is not the limit, so it keeps batch_size (or the largest divisor below it).
     """
+    import math
+
     import torch
 
-    effective = cfg.batch_size * cfg.gradient_accumulation_steps
-    if cfg.micro_batch is None:
-        return cfg.batch_size, cfg.gradient_accumulation_steps
+    per_process = distributed.rows_per_process(cfg, processes)
     if isinstance(cfg.micro_batch, int):
-        return cfg.micro_batch, effective // cfg.micro_batch
-    if not torch.cuda.is_available():
-        log.info("micro_batch auto: no CUDA, keeping batch_size %d", cfg.batch_size)
-        return cfg.batch_size, cfg.gradient_accumulation_steps
+        if per_process % cfg.micro_batch:
+            raise InputError(
+                f"params.yaml: train.micro_batch: {cfg.micro_batch} does not divide the {per_process} rows "
+                f"each of the {processes} processes contributes to an optimizer step"
+            )
+        return cfg.micro_batch, per_process // cfg.micro_batch
+    if cfg.micro_batch is None or not torch.cuda.is_available():
+        if cfg.micro_batch == "auto":
+            log.info("micro_batch auto: no CUDA, keeping batch_size %d", cfg.batch_size)
+        micro = math.gcd(cfg.batch_size, per_process)  # batch_size itself unless processes split it
+        return micro, per_process // micro
     model.train()
-    for micro in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
+    for micro in sorted((d for d in range(1, per_process + 1) if per_process % d == 0), reverse=True):
         ids = torch.randint(100, 1000, (micro, cfg.max_seq_length), device=model.device)
         try:
             model(input_ids=ids, labels=ids).loss.backward()
@@ -98,12 +107,13 @@ def plan_micro_batch(cfg: TrainConfig, model: Any) -> tuple[int, int]:
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
         log.info(
-            "micro_batch auto: %d rows x %d accumulation steps (%d rows per optimizer step)",
+            "micro_batch auto: %d rows x %d accumulation steps x %d processes (%d rows per optimizer step)",
             micro,
-            effective // micro,
-            effective,
+            per_process // micro,
+            processes,
+            per_process * processes,
         )
-        return micro, effective // micro
+        return micro, per_process // micro
     raise RuntimeError(f"micro_batch auto: not even 1 row of {cfg.max_seq_length} tokens fits on the GPU")
 
 
@@ -115,9 +125,11 @@ def build_trainer(
     eval_dataset: Any | None,
     work_dir: Path,
     callbacks: list[Any],
+    processes: int = 1,
 ) -> tuple[Any, int, int]:
-    """The SFTTrainer for `cfg`, and the (micro-batch, accumulation) it uses. Datasets may hold
-    conversational prompt-completion rows or pre-tokenized `input_ids` + `completion_mask`."""
+    """The SFTTrainer for `cfg`, and the (micro-batch, accumulation) each of `processes` data-parallel
+    processes uses. Datasets may hold conversational prompt-completion rows or pre-tokenized `input_ids` +
+    `completion_mask`."""
     import torch
     from trl import SFTConfig, SFTTrainer
 
@@ -125,9 +137,11 @@ def build_trainer(
     model = prepared.model
     if prepared.peft_config is not None:  # probe with the adapter in place, as training will run
         from peft import get_peft_model
+        from transformers import set_seed
 
+        set_seed(cfg.seed)  # LoRA's A matrices start random: seeded, a rerun (and every rank) starts alike
         model = get_peft_model(model, prepared.peft_config)
-    micro, accum = plan_micro_batch(cfg, model)
+    micro, accum = plan_micro_batch(cfg, model, processes)
     bfd = cfg.packing and cfg.packing_strategy == "bfd"
     padding_free = True if bfd else (False if cfg.packing else cfg.padding_free)
     attention = str(getattr(model.config, "_attn_implementation", None))
@@ -174,6 +188,8 @@ def build_trainer(
         bf16=cuda,
         report_to="none",
         dataloader_num_workers=0,
+        # Every LoRA weight takes part in each forward pass: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
     )
     trainer = SFTTrainer(
         model=model,
@@ -235,13 +251,19 @@ def train(
     out_dir: Path,
     live_dir: Path,
     work_dir: Path,
-) -> dict[str, Any]:
-    """Train a LoRA adapter on the dataset's train split (validation split for eval loss); save it."""
+) -> dict[str, Any] | None:
+    """Train a LoRA adapter on the dataset's train split (validation split for eval loss); save it.
+
+    Under data parallelism every process trains; rank 0 alone saves the adapter, logs curves and returns
+    the metrics (the other ranks return None), after checking that every rank holds the same LoRA weights.
+    """
     import torch
 
     from genz_speak.models import device, set_cpu_threads
 
     set_cpu_threads(cfg.cpu_threads)
+    processes = distributed.num_processes(cfg)
+    main = distributed.is_main_process()
     backend = backends.resolve_backend(cfg)
     prepared = backends.load(backend, base_dir, cfg)  # before trl: unsloth must patch first
 
@@ -252,7 +274,6 @@ def train(
     if not train_rows:
         raise InputError("the dataset has no rows with split == 'train'")
     cuda = torch.cuda.is_available()
-    checkpoint = prepare_work_dir(cfg, rows, base_dir, work_dir)
     trainer, micro, accum = build_trainer(
         cfg,
         backend,
@@ -260,8 +281,13 @@ def train(
         Dataset.from_list(train_rows),
         Dataset.from_list(eval_rows) if eval_rows else None,
         work_dir,
-        [_live_callback(live_dir, resume=checkpoint is not None)],
+        [],
+        processes,
     )
+    # The Trainer has joined the process group by now: rank 0 alone sorts the checkpoints out.
+    checkpoint = distributed.broadcast(prepare_work_dir(cfg, rows, base_dir, work_dir) if main else None)
+    if main:
+        trainer.add_callback(_live_callback(live_dir, resume=checkpoint is not None))
     masking = check_masking(trainer.train_dataset, len(train_rows), packed=cfg.packing)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -271,6 +297,19 @@ def train(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.monotonic() - start
 
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    ranks = distributed.gather({"adapter": distributed.adapter_digest(trainer.model), "peak_mb": peak_mb})
+    if not main:
+        return None
+    if len({r["adapter"] for r in ranks}) != 1:
+        raise RuntimeError(
+            "the LoRA weights differ across data-parallel ranks after training (digests "
+            f"{[r['adapter'][:12] for r in ranks]}): gradients were not synchronised; nothing saved"
+        )
     trainer.model.save_pretrained(out_dir)
     prepared.tokenizer.save_pretrained(out_dir)
     history = trainer.state.log_history
@@ -279,19 +318,16 @@ def train(
     tokens = max((h.get("num_tokens", 0) for h in history), default=0)
     if not tokens:  # TRL 1.15 under Unsloth logs no num_tokens: count the epochs' tokens instead
         tokens = sum(map(len, trainer.train_dataset["input_ids"])) * (trainer.state.epoch or 0.0)
-    peak_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return {
         "backend": backend,
         "device": str(device()) if not cuda else torch.cuda.get_device_name(),
         "load_in_4bit": cfg.load_in_4bit,
+        "processes": processes,
         "steps": trainer.state.global_step,
         "micro_batch": micro,
         "gradient_accumulation_steps": accum,
+        "rows_per_step": micro * accum * processes,
         "packing": cfg.packing and cfg.packing_strategy,
         "padding_free": bool(getattr(trainer.args, "padding_free", False)),
         "epochs": round(trainer.state.epoch or 0.0, 3),
@@ -305,7 +341,10 @@ def train(
         "rows_fully_masked": masking["rows_fully_masked"],
         "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
         "wall_s": round(wall, 1),
-        "peak_memory_mb": round(peak_mb, 1),
+        # Per process: the largest of the ranks (each holds a whole model copy).
+        "peak_memory_mb": round(max(r["peak_mb"] for r in ranks), 1),
         "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
         "trainable_parameters": trainable,
+        "adapter_sha256": ranks[0]["adapter"],  # equal on all `adapter_ranks_checked` ranks (else raised)
+        "adapter_ranks_checked": len(ranks),
     }
