@@ -35,6 +35,8 @@ def main() -> None:
     if processes > 1 and distributed.world_size() == 1:
         distributed.rows_per_process(cfg, processes)  # an uneven split is a params error, said once
         sys.exit(distributed.relaunch(processes))
+    if processes == 1:
+        distributed.use_one_gpu()
 
     tmp = args.out.with_name(args.out.name + ".tmp")
     if distributed.is_main_process():

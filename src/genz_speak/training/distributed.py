@@ -57,6 +57,17 @@ def num_processes(cfg: TrainConfig) -> int:
     return cfg.num_processes
 
 
+def use_one_gpu() -> None:
+    """One process on a host with several GPUs: keep it to the first. Seeing them all, the Trainer would
+    wrap the model in nn.DataParallel, which SFTTrainer refuses. Must run before CUDA is initialised."""
+    import torch
+
+    if world_size() == 1 and torch.cuda.device_count() > 1:
+        first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+        log.info("train: 1 process, %d GPUs visible: training on GPU %s", torch.cuda.device_count(), first)
+        os.environ["CUDA_VISIBLE_DEVICES"] = first
+
+
 def rows_per_process(cfg: TrainConfig, processes: int) -> int:
     """Rows each process contributes to an optimizer step: the effective batch split evenly."""
     effective = cfg.batch_size * cfg.gradient_accumulation_steps

@@ -46,6 +46,32 @@ def _live_callback(live_dir: Path, resume: bool = False) -> Any:
     )
 
 
+def _step_clock() -> Any:
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        """The wall time at each optimizer step's end: throughput without the first steps' warm-up (kernels
+        compiled and autotuned, memory pools grown), which a short run's overall tokens/s includes."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.monotonic())
+
+        def steady_rate(self) -> float | None:
+            """Optimizer steps per second after the first 10% of steps (at least one)."""
+            warm = max(1, len(self.times) // 10)
+            if len(self.times) <= warm:
+                return None
+            return (len(self.times) - warm) / (self.times[-1] - self.times[warm - 1])
+
+    return StepClock()
+
+
 def check_masking(dataset: Any, rows_in: int, packed: bool = False) -> dict[str, int]:
     """Count trained (completion) tokens; fail when masking left (almost) nothing to learn from.
 
@@ -286,6 +312,8 @@ def train(
     )
     # The Trainer has joined the process group by now: rank 0 alone sorts the checkpoints out.
     checkpoint = distributed.broadcast(prepare_work_dir(cfg, rows, base_dir, work_dir) if main else None)
+    clock = _step_clock()
+    trainer.add_callback(clock)
     if main:
         trainer.add_callback(_live_callback(live_dir, resume=checkpoint is not None))
     masking = check_masking(trainer.train_dataset, len(train_rows), packed=cfg.packing)
@@ -319,6 +347,7 @@ def train(
     if not tokens:  # TRL 1.15 under Unsloth logs no num_tokens: count the epochs' tokens instead
         tokens = sum(map(len, trainer.train_dataset["input_ids"])) * (trainer.state.epoch or 0.0)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    steps_per_s = clock.steady_rate()
     return {
         "backend": backend,
         "device": str(device()) if not cuda else torch.cuda.get_device_name(),
@@ -340,6 +369,9 @@ def train(
         "completion_tokens": masking["completion_tokens"],
         "rows_fully_masked": masking["rows_fully_masked"],
         "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "tokens_per_s_steady": (
+            round(tokens / trainer.state.global_step * steps_per_s, 1) if steps_per_s else None
+        ),
         "wall_s": round(wall, 1),
         # Per process: the largest of the ranks (each holds a whole model copy).
         "peak_memory_mb": round(max(r["peak_mb"] for r in ranks), 1),
