@@ -6,9 +6,9 @@ Runs the train stage itself (stages/train.py, as dvc.yaml runs it, so `train.num
 the processes through accelerate) on a TinyLlama-shaped Llama (random weights from a config; see
 train_throughput.py), 4-bit QLoRA with adamw_8bit and gradient checkpointing, 16 rows per optimizer step:
 micro-batch 8 per process, accumulation 2 on one process and 1 on two. Every row is max_seq_length
-tokens long (long rows cut to length), so every step holds the same tokens. Per run: tokens/s after the
-warm-up steps (`tokens_per_s_steady`), the loss at every step, and the adapter's digest that every rank
-had to agree on. Prints a table: speed-up over one process and the largest loss difference per step.
+tokens long (long rows cut to length), so every step holds the same tokens. Per run: tokens/s over the
+second half of the steps (`tokens_per_s_steady`, past Unsloth's warm-up), the loss at every step, and the
+adapter's digest that every rank had to agree on. Prints a table: speed-up over one process and the largest loss difference per step.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", nargs="+", default=["unsloth", "transformers"])
     p.add_argument("--processes", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     p.add_argument("--max-seq-length", type=int, default=1024, help="tokens per row")
     p.add_argument("--base", type=Path, help="a model folder instead of the TinyLlama-shaped one")
