@@ -8,7 +8,8 @@ train_throughput.py), 4-bit QLoRA with adamw_8bit and gradient checkpointing, 16
 micro-batch 8 per process, accumulation 2 on one process and 1 on two. Every row is max_seq_length
 tokens long (long rows cut to length), so every step holds the same tokens. Per run: tokens/s over the
 second half of the steps (`tokens_per_s_steady`, past Unsloth's warm-up), the loss at every step, and the
-adapter's digest that every rank had to agree on. Prints a table: speed-up over one process and the largest loss difference per step.
+adapter's digest that every rank had to agree on. Prints a table: speed-up over one process and the
+largest loss difference at any step.
 """
 
 from __future__ import annotations
