@@ -70,14 +70,14 @@ def dataset(path: Path, rows: int, seed: int = 0) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def params(backend: str, processes: int, steps: int, seq: int) -> dict[str, Any]:
+def params(backend: str, processes: int, steps: int, seq: int, accum: int = 2) -> dict[str, Any]:
     p = yaml.safe_load((ROOT / "configs/gpu-recipe.yaml").read_text())
     p["train"].update(
         backend=backend,
         num_processes=processes,
         max_seq_length=seq,
-        batch_size=8,
-        gradient_accumulation_steps=2,  # 16 rows per optimizer step, however many processes
+        batch_size=16 // accum,
+        gradient_accumulation_steps=accum,  # 16 rows per optimizer step, however many processes
         micro_batch=None,
         group_by_length=False,
         pad_to_multiple_of=None,
@@ -90,9 +90,11 @@ def params(backend: str, processes: int, steps: int, seq: int) -> dict[str, Any]
     return p
 
 
-def run(work: Path, base: Path, backend: str, processes: int, args: argparse.Namespace) -> dict[str, Any]:
-    name = f"{backend}-{processes}"
-    cfg = params(backend, processes, args.steps, args.max_seq_length)
+def run(
+    work: Path, base: Path, backend: str, processes: int, args: argparse.Namespace, accum: int = 2
+) -> dict[str, Any]:
+    name = f"{backend}-{processes}" + ("" if accum == 2 else f"-accum{accum}")
+    cfg = params(backend, processes, args.steps, args.max_seq_length, accum)
     (work / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     out = work / name
     cmd = [
@@ -131,7 +133,7 @@ def run(work: Path, base: Path, backend: str, processes: int, args: argparse.Nam
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    one = {r["backend"]: r for r in results if r["processes"] == 1 and "error" not in r}
+    one = {r["backend"]: r for r in results if r["processes"] == 1 and r.get("accum") == 2}
     print(
         "\n| backend | processes | micro x accum x processes | steady tok/s | x 1 process | overall tok/s "
         "| max abs loss diff | max rel loss diff | peak MiB / process | ranks agreeing |"
@@ -139,7 +141,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| {r['backend']} | {r['processes']} | error: {r['error']} |||||||")
+            print(f"| {r['backend']} | {r['processes']} | error: {r['error']} ||||||||")
             continue
         ref = one.get(r["backend"])
         ratio = r["tokens_per_s_steady"] / ref["tokens_per_s_steady"] if ref else float("nan")
@@ -165,6 +167,11 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     p.add_argument("--max-seq-length", type=int, default=1024, help="tokens per row")
     p.add_argument("--base", type=Path, help="a model folder instead of the TinyLlama-shaped one")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also one process at micro-batch 16 without accumulation (what accumulation itself costs)",
+    )
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "genz-bench")
     p.add_argument("--json", type=Path, help="also write the results (with every step's loss) here")
     args = p.parse_args()
@@ -178,6 +185,9 @@ def main() -> None:
             r = run(args.workdir, base, backend, processes, args)
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "loss"}), flush=True)
+        if args.control:
+            results.append(run(args.workdir, base, backend, 1, args, accum=1))
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "loss"}), flush=True)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
