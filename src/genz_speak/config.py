@@ -82,6 +82,8 @@ class GenerateConfig:
     teacher: Literal["rules", "transformers", "openai", "vllm"] = "rules"
     model: str = ""
     base_url: str | None = None
+    # Several endpoints serving the same model (e.g. vLLM replicas): requests are spread across them.
+    base_urls: tuple[str, ...] = ()
     api_key_env: str = "OPENAI_API_KEY"
     system_prompt: str = "You rewrite answers in Gen Z voice without changing any fact."
     prompt_template: str = (
@@ -90,9 +92,12 @@ class GenerateConfig:
     )
     sampling: SamplingConfig = SamplingConfig()
     batch_size: PositiveInt = 16
-    concurrency: PositiveInt = 8
+    concurrency: PositiveInt = 8  # requests in flight per endpoint
     request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
     max_retries: NonNegInt = 5
+    # With several endpoints: this many faults in a row take one out of rotation for endpoint_cooldown s.
+    endpoint_max_failures: PositiveInt = 3
+    endpoint_cooldown: Annotated[float, Field(gt=0.0)] = 30.0
     max_reject_fraction: Fraction = 0.5
     validation: ValidationConfig = ValidationConfig()
     vllm: VLLMConfig = VLLMConfig()
@@ -101,6 +106,10 @@ class GenerateConfig:
     def _needs_model(self) -> GenerateConfig:
         if self.teacher != "rules" and not self.model:
             raise ValueError(f"teacher '{self.teacher}' needs generate.model (a model id or local path)")
+        if self.base_url and self.base_urls:
+            raise ValueError("base_url and base_urls are alternatives: list every endpoint in base_urls")
+        if len(set(self.base_urls)) != len(self.base_urls):
+            raise ValueError("base_urls lists an endpoint twice (raise concurrency instead)")
         for field in ("{instruction}", "{response}"):
             if field not in self.prompt_template:
                 raise ValueError(f"prompt_template must contain {field}")

@@ -1,16 +1,20 @@
 """Calls to any OpenAI-compatible server through the `openai` client, with bounded concurrency and retries.
 
 Shared by the openai teacher and the LLM judge. The key is read from the environment variable whose
-*name* is configured, so it never enters params, logs or metrics.
+*name* is configured, so it never enters params, logs or metrics. `EndpointPool` spreads requests over
+several servers of one model (vLLM replicas, say) and takes failing ones out of rotation for a while.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import openai
@@ -38,6 +42,17 @@ RETRYABLE = (
 )
 
 
+# Failures that say something about the endpoint rather than the request: a reply with no content is the
+# model's doing (retried, but it does not count against the server).
+ENDPOINT_FAULTS = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+    openai.APIResponseValidationError,
+)
+
+
 def make_client(base_url: str | None, api_key_env: str, timeout: float) -> openai.OpenAI:
     key = os.environ.get(api_key_env)
     if not key:
@@ -49,6 +64,112 @@ def make_client(base_url: str | None, api_key_env: str, timeout: float) -> opena
         key = "unused"  # local OpenAI-compatible servers usually accept any key
     # Retries are ours (tenacity), so the client's own are off and every retry is counted once.
     return openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+
+
+@dataclass
+class Endpoint:
+    url: str | None
+    client: openai.OpenAI
+    in_flight: int = 0
+    failures: int = 0  # consecutive endpoint faults
+    out_until: float | None = None  # out of rotation until then; None: in rotation
+    probing: bool = False  # the one request that tries it again after its cooldown is in flight
+    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "faults": 0, "taken_out": 0})
+
+
+class EndpointPool:
+    """OpenAI-compatible endpoints serving one model, each with at most `concurrency` requests in flight.
+
+    A request takes a slot on the least busy endpoint in rotation (waiting while none is free).
+    `max_failures` consecutive faults (connection errors, timeouts, 5xx, 429) take an endpoint out of
+    rotation for `cooldown` seconds; then a single request tries it again: a success puts it back, a fault
+    takes it out for another cooldown. Callers retry a failed request through the pool, so the retry lands
+    on an endpoint in rotation. With one endpoint there is nothing to rotate to: only retries' backoff.
+    """
+
+    def __init__(
+        self,
+        urls: list[str | None],
+        api_key_env: str,
+        timeout: float,
+        concurrency: int,
+        max_failures: int = 3,
+        cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.endpoints = [Endpoint(url, make_client(url, api_key_env, timeout)) for url in urls]
+        self.concurrency = concurrency
+        self.max_failures = max_failures if len(urls) > 1 else None
+        self.cooldown = cooldown
+        self.clock = clock
+        self._cond = threading.Condition()
+
+    def _usable(self, e: Endpoint, now: float) -> bool:
+        if e.in_flight >= self.concurrency:
+            return False
+        return e.out_until is None or (now >= e.out_until and not e.probing)
+
+    def _acquire(self) -> Endpoint:
+        with self._cond:
+            while True:
+                now = self.clock()
+                usable = [e for e in self.endpoints if self._usable(e, now)]
+                if usable:
+                    e = min(usable, key=lambda e: e.in_flight)
+                    e.in_flight += 1
+                    e.stats["requests"] += 1
+                    e.probing = e.out_until is not None
+                    return e
+                # Wait for a free slot, or for the first cooldown to end.
+                ends = [
+                    e.out_until - now for e in self.endpoints if e.out_until is not None and e.out_until > now
+                ]
+                self._cond.wait(timeout=min(ends) if ends else None)
+
+    def _release(self, e: Endpoint, error: BaseException | None) -> None:
+        with self._cond:
+            e.in_flight -= 1
+            e.probing = False
+            if isinstance(error, ENDPOINT_FAULTS):
+                e.stats["faults"] += 1
+                e.failures += 1
+                if self.max_failures is not None and (
+                    e.out_until is not None or e.failures >= self.max_failures
+                ):
+                    if e.out_until is None:
+                        e.stats["taken_out"] += 1
+                    e.out_until = self.clock() + self.cooldown
+                    log.warning(
+                        "endpoint %s: out of rotation for %.0f s after %d fault(s) in a row (last: %s)",
+                        e.url, self.cooldown, e.failures, type(error).__name__,
+                    )  # fmt: skip
+            elif error is None or isinstance(error, (openai.APIStatusError, MalformedReply)):  # it answered
+                if e.out_until is not None:
+                    log.info("endpoint %s: answered again, back in rotation", e.url)
+                e.failures, e.out_until = 0, None
+            self._cond.notify_all()
+
+    @contextmanager
+    def client(self) -> Iterator[openai.OpenAI]:
+        """A slot on an endpoint in rotation, for one request; how the request ends decides its health."""
+        e = self._acquire()
+        try:
+            yield e.client
+        except BaseException as err:
+            self._release(e, err)
+            raise
+        self._release(e, None)
+
+    @property
+    def total_concurrency(self) -> int:
+        return self.concurrency * len(self.endpoints)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [{"url": e.url, **e.stats} for e in self.endpoints]
+
+    def close(self) -> None:
+        for e in self.endpoints:
+            e.client.close()
 
 
 def _retry_after(exc: BaseException | None) -> float | None:

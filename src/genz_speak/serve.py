@@ -4,8 +4,9 @@
 
 Endpoints: GET /v1/models, POST /v1/chat/completions (non-streaming). Try the model with any OpenAI
 client (`base_url="http://127.0.0.1:8000/v1"`). For testing clients, `--fault-every N --faults
-429,500,stall,nonjson` answers every Nth request with the next fault of the list instead, and
-`--latency S` adds a fixed delay to every answer; GET /v1/stats counts requests and faults.
+429,500,stall,nonjson` answers every Nth request with the next fault of the list instead,
+`--latency S` adds a fixed delay to every answer, and `--max-concurrent N` answers at most N requests at
+a time (the rest queue), like a replica's fixed capacity; GET /v1/stats counts requests and faults.
 
 `genz-speak serve rules` loads no weights: it answers with the offline rules stylizer applied to the text
 after the last "Answer:" of the last user message (the default prompt template's layout), a stand-in
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+
+from genz_speak.io import free_port
 
 Fault = Literal["429", "500", "stall", "nonjson"]
 
@@ -116,11 +119,15 @@ def _model_answerer(model_dir: str | Path) -> Callable[[ChatRequest], Answer]:
     return answer
 
 
-def create_app(model_dir: str | Path, faults: FaultPlan | None = None, latency_s: float = 0.0) -> FastAPI:
-    """The app over `model_dir`, or over the rules stylizer when `model_dir` is "rules"."""
+def create_app(
+    model_dir: str | Path, faults: FaultPlan | None = None, latency_s: float = 0.0, max_concurrent: int = 0
+) -> FastAPI:
+    """The app over `model_dir`, or over the rules stylizer when `model_dir` is "rules"; `max_concurrent`
+    (0: no limit) bounds the requests answered at once."""
     answer = _rules_answerer() if str(model_dir) == "rules" else _model_answerer(model_dir)
     model_id = Path(model_dir).name
     plan = faults or FaultPlan()
+    capacity = asyncio.Semaphore(max_concurrent) if max_concurrent else contextlib.nullcontext()
     app = FastAPI(title="genz-speak serve")
 
     @app.get("/v1/models")
@@ -148,10 +155,10 @@ def create_app(model_dir: str | Path, faults: FaultPlan | None = None, latency_s
             await asyncio.sleep(plan.stall_s)
         if not req.messages:
             raise HTTPException(status_code=400, detail="messages must not be empty")
-        if latency_s:
-            await asyncio.sleep(latency_s)
-
-        out = await run_in_threadpool(answer, req)
+        async with capacity:
+            if latency_s:
+                await asyncio.sleep(latency_s)
+            out = await run_in_threadpool(answer, req)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -180,6 +187,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fault-every", type=int, default=0, help="inject a fault into every Nth request")
     p.add_argument("--faults", default="429,500,stall,nonjson", help="fault kinds, in turn")
     p.add_argument("--stall", type=float, default=30.0, help="seconds a stalled request hangs")
+    p.add_argument("--max-concurrent", type=int, default=0, help="requests answered at once (0: no limit)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -191,20 +199,25 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"--faults: unknown kind(s) {bad}; use 429, 500, stall, nonjson")
     plan = FaultPlan(every=args.fault_every, kinds=kinds, stall_s=args.stall)  # type: ignore[arg-type]
     uvicorn.run(
-        create_app(args.model_dir, plan, args.latency), host=args.host, port=args.port, log_level="warning"
+        create_app(args.model_dir, plan, args.latency, args.max_concurrent),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
     )
 
 
 def launch(
-    model_dir: str | Path, *options: str, env: dict[str, str] | None = None, timeout: float = 120.0
+    model_dir: str | Path,
+    *options: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`genz-speak serve MODEL_DIR OPTIONS` in a subprocess on a free 127.0.0.1 port; the process and its
-    /v1 URL once it answers (benchmarks and tests use it as their real server)."""
+    """`genz-speak serve MODEL_DIR OPTIONS` in a subprocess on 127.0.0.1 (`port`, or a free one); the
+    process and its /v1 URL once it answers (benchmarks and tests use it as their real server)."""
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = port or free_port()
     cmd = [sys.executable, "-m", "genz_speak.serve", str(model_dir), "--port", str(port), *options]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"

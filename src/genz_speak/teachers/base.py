@@ -33,6 +33,10 @@ class Teacher(Protocol):
 
     def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]: ...
 
+    def stats(self) -> dict[str, Any]:
+        """Teacher-specific counters for metrics/generate.json (the openai teacher: per endpoint)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from genz_speak.config import GenerateConfig
 from genz_speak.generation import ChatGenerator
@@ -29,6 +30,9 @@ class TransformersTeacher:
         )
         for req, out in zip(reqs, outs, strict=True):
             yield TeacherResult(id=req.id, text=out.text, tokens_in=out.tokens_in, tokens_out=out.tokens_out)
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         pass

@@ -1,4 +1,5 @@
-"""Any OpenAI-compatible chat server as the teacher: OpenAI, `vllm serve`, llama.cpp's server, Ollama."""
+"""Any OpenAI-compatible chat server as the teacher: OpenAI, `vllm serve`, llama.cpp's server, Ollama; or
+several of them serving one model (`generate.base_urls`), requests spread across them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from genz_speak.config import GenerateConfig
-from genz_speak.llm_client import call_with_retries, chat_text, make_client, map_concurrent
+from genz_speak.llm_client import EndpointPool, call_with_retries, chat_text, map_concurrent
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 
 
@@ -14,7 +15,15 @@ class OpenAITeacher:
     def __init__(self, cfg: GenerateConfig):
         self.name = f"openai:{cfg.model}"
         self.cfg = cfg
-        self.client = make_client(cfg.base_url, cfg.api_key_env, cfg.request_timeout)
+        urls: list[str | None] = list(cfg.base_urls) or [cfg.base_url]
+        self.pool = EndpointPool(
+            urls,
+            cfg.api_key_env,
+            cfg.request_timeout,
+            cfg.concurrency,
+            max_failures=cfg.endpoint_max_failures,
+            cooldown=cfg.endpoint_cooldown,
+        )
 
     def _request(self, req: TeacherRequest) -> TeacherResult:
         s = self.cfg.sampling
@@ -25,8 +34,9 @@ class OpenAITeacher:
             kwargs["max_completion_tokens"] = s.max_new_tokens
 
         def once() -> tuple[str, Any]:
-            resp = self.client.chat.completions.create(**kwargs)
-            return chat_text(resp), resp.usage
+            with self.pool.client() as client:  # each try, retries included, takes an endpoint in rotation
+                resp = client.chat.completions.create(**kwargs)
+                return chat_text(resp), resp.usage
 
         res = call_with_retries(once, self.cfg.max_retries)
         if res.error is not None:
@@ -41,8 +51,11 @@ class OpenAITeacher:
         )
 
     def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
-        for _, result in map_concurrent(self._request, requests, self.cfg.concurrency):
+        for _, result in map_concurrent(self._request, requests, self.pool.total_concurrency):
             yield result
 
+    def stats(self) -> dict[str, Any]:
+        return {"endpoints": self.pool.stats()}
+
     def close(self) -> None:
-        self.client.close()
+        self.pool.close()

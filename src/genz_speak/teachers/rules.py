@@ -12,6 +12,7 @@ import hashlib
 import random
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 
@@ -112,6 +113,9 @@ class RulesTeacher:
     def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
         for req in requests:
             yield TeacherResult(id=req.id, text=stylize(req.row["response"], req.id))
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         pass

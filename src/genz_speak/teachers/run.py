@@ -136,6 +136,7 @@ def generate(
                 }
                 cache.write(rec)
                 cached[rec["key"]] = rec
+    teacher_stats = teacher.stats()
     teacher.close()
     wall = time.monotonic() - start
 
@@ -177,6 +178,7 @@ def generate(
         "wall_s": round(wall, 3),
         "rows_per_s": round(len(todo) / wall, 3) if wall > 0 and todo else None,
         "tokens_per_s": round(progress.tokens_out / wall, 1) if wall > 0 and progress.tokens_out else None,
+        **teacher_stats,
     }
     write_json(metrics_path, metrics)
     if rows and len(rejects) / len(rows) > cfg.max_reject_fraction:

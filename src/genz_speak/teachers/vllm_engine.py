@@ -46,5 +46,8 @@ class VLLMTeacher:
                 tokens_out=len(completion.token_ids),
             )
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
     def close(self) -> None:
         pass

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 from typing import Any
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError
+from genz_speak.io import free_port
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ def relaunch(processes: int) -> int:
     processes pick NCCL on CUDA and gloo on CPU); every other launcher setting is passed explicitly, so
     no local `accelerate config` file changes what the stage runs.
     """
-    with socket.socket() as s:  # a free rendezvous port: two stages on one host must not collide
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # two stages on one host must not share accelerate's default rendezvous port
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
