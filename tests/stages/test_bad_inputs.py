@@ -127,6 +127,18 @@ CASES: dict[str, Case] = {
         {},
         "params.yaml: train: micro_batch 3 must divide batch_size * gradient_accumulation_steps",
     ),
+    "two kinds of endpoint list": (
+        "prepare",
+        {"generate.base_url": "http://a/v1", "generate.base_urls": ["http://b/v1"]},
+        {},
+        "params.yaml: generate: base_url and base_urls are alternatives: list every endpoint in base_urls",
+    ),
+    "an endpoint listed twice": (
+        "prepare",
+        {"generate.base_urls": ["http://b/v1", "http://b/v1"]},
+        {},
+        "params.yaml: generate: base_urls lists an endpoint twice (raise concurrency instead)",
+    ),
     "LLM teacher without a model": (
         "prepare",
         {"generate.teacher": "openai"},
