@@ -1,6 +1,8 @@
-"""Generate-stage throughput: the openai teacher's concurrency, and vLLM vs transformers. Prints tables.
+"""Generate-stage throughput: the openai teacher's concurrency and replicas, vLLM vs transformers. Tables.
 
     python benchmarks/generate_throughput.py concurrency             # CPU is fine: a local server
+    python benchmarks/generate_throughput.py replicas                # CPU is fine: local servers
+    python benchmarks/generate_throughput.py replicas --model models/merge --rows 24
     python benchmarks/generate_throughput.py engines --model DIR     # GPU: vllm vs transformers teachers
 
 `concurrency` starts `genz-speak serve rules --latency S` (no weights: every answer costs a fixed latency,
@@ -8,7 +10,11 @@ like a remote API) and runs the stage's own `generate()` with the openai teacher
 on fresh caches; rows/s and the ratio to concurrency 1. `engines` runs `generate()` with the `vllm` and
 the `transformers` teacher on the same source rows (the project's questions, repeated with distinct ids
 up to --rows) and the same sampling; it reports the teacher's start-up, the stage's generate wall time,
-output tokens/s and rows/s, and the ratio of each, end to end included.
+output tokens/s and rows/s, and the ratio of each, end to end included. `replicas` starts N servers of
+one model and runs `generate()` with `base_urls` = the first 1, 2, ... of them (concurrency per endpoint
+= a server's capacity): either `genz-speak serve rules --latency S --max-concurrent C` (each replica
+answers C requests at a time, like a GPU server's batch) or a model folder (one request at a time, one
+CPU thread per replica); rows/s and the ratio to one replica.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -84,6 +91,44 @@ def concurrency(args: argparse.Namespace) -> None:
     _dump(args, results)
 
 
+def replicas(args: argparse.Namespace) -> None:
+    rules = str(args.model) == "rules"
+    options = ["--latency", str(args.latency), "--max-concurrent", str(args.capacity)] if rules else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    servers = [launch(args.model, *options, env=env, timeout=600) for _ in range(max(args.replicas))]
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens, seed=0)
+    results = []
+    try:
+        for n in args.replicas:
+            cfg = GenerateConfig(
+                teacher="openai",
+                model="replica",
+                base_urls=tuple(url for _, url in servers[:n]),
+                concurrency=args.capacity,
+                sampling=sampling,
+                request_timeout=600.0,
+                max_reject_fraction=1.0,
+            )
+            with tempfile.TemporaryDirectory() as work:
+                r = timed_generate(cfg, source_rows(args.rows), Path(work))
+            results.append({"replicas": n, **r})
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "samples"}), flush=True)
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+    base = results[0]["rows_per_s"]
+    what = f"rules --latency {args.latency} --max-concurrent {args.capacity}" if rules else str(args.model)
+    print(f"\nopenai teacher over `genz-speak serve {what}` replicas, {args.rows} rows each")
+    print("| replicas | wall (s) | rows/s | x 1 replica | rows ok |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['replicas']} | {r['generate_s']} | {r['rows_per_s']} | {r['rows_per_s'] / base:.2f} | "
+            f"{r['rows_ok']} |"
+        )
+    _dump(args, results)
+
+
 def engines(args: argparse.Namespace) -> None:
     sampling = SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
     base = GenerateConfig(model=str(args.model), sampling=sampling, max_reject_fraction=1.0)
@@ -130,6 +175,14 @@ def main() -> None:
     c.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     c.add_argument("--rows", type=int, default=128)
     c.add_argument("--latency", type=float, default=0.2, help="seconds per request at the server")
+    r = sub.add_parser("replicas", help="openai teacher over 1..N local servers (generate.base_urls)")
+    r.add_argument("--model", default="rules", help='"rules" (no weights) or a model folder to serve')
+    r.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    r.add_argument("--rows", type=int, default=256)
+    r.add_argument("--latency", type=float, default=0.2, help="rules: seconds per request at the server")
+    r.add_argument("--capacity", type=int, default=4, help="requests a replica answers at once (rules)")
+    r.add_argument("--threads", type=int, default=1, help="CPU threads per replica (model folders)")
+    r.add_argument("--max-new-tokens", type=int, default=48, help="model folders: tokens per answer")
     e = sub.add_parser("engines", help="vllm vs transformers teachers (GPU)")
     e.add_argument("--model", type=Path, required=True, help="teacher model folder")
     e.add_argument("--engines", nargs="+", default=["vllm", "transformers"])
@@ -138,7 +191,7 @@ def main() -> None:
     e.add_argument("--hf-batch", type=int, default=128, help="transformers teacher: prompts per generate")
     e.add_argument("--attention-backend", help="vllm attention backend, e.g. FLASH_ATTN")
     args = p.parse_args()
-    concurrency(args) if args.mode == "concurrency" else engines(args)
+    {"concurrency": concurrency, "replicas": replicas, "engines": engines}[args.mode](args)
 
 
 if __name__ == "__main__":

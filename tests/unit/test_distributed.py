@@ -21,6 +21,7 @@ from genz_speak.training.sft import plan_micro_batch
         (8, 1, None, 2, (4, 1)),  # ... or the micro-batch, when there is no accumulation to halve
         (2, 4, 1, 4, (1, 2)),
         (8, 2, "auto", 2, (8, 1)),  # no CUDA: auto keeps batch_size where it fits a process's share
+        (4, 3, None, 2, (3, 2)),  # the largest micro-batch up to batch_size that divides a share of 6
     ],
 )
 def test_micro_batch_times_accumulation_times_processes_is_the_step(

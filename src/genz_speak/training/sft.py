@@ -66,7 +66,7 @@ def _step_clock() -> Any:
             """Optimizer steps per second over the second half of the run (Unsloth's kernels were seen
             still compiling and autotuning 15 steps in)."""
             half = len(self.times) // 2
-            if half < 1 or len(self.times) - half < 1:
+            if half < 1:
                 return None
             return (len(self.times) - half) / (self.times[-1] - self.times[half - 1])
 
@@ -105,8 +105,6 @@ def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[
     backward at max_seq_length for each divisor of a process's rows, largest first, and keeps the first
     that fits; on CPU memory is not the limit, so it keeps batch_size (or the largest divisor below it).
     """
-    import math
-
     import torch
 
     per_process = distributed.rows_per_process(cfg, processes)
@@ -120,7 +118,8 @@ def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[
     if cfg.micro_batch is None or not torch.cuda.is_available():
         if cfg.micro_batch == "auto":
             log.info("micro_batch auto: no CUDA, keeping batch_size %d", cfg.batch_size)
-        micro = math.gcd(cfg.batch_size, per_process)  # batch_size itself unless processes split it
+        # batch_size itself, unless a process's share of the step is smaller or not a multiple of it.
+        micro = max(d for d in range(1, min(cfg.batch_size, per_process) + 1) if per_process % d == 0)
         return micro, per_process // micro
     model.train()
     for micro in sorted((d for d in range(1, per_process + 1) if per_process % d == 0), reverse=True):
