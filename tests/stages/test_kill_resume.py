@@ -189,3 +189,28 @@ def test_train_resume_continues_from_the_last_checkpoint(
     params["train"]["learning_rate"] = 2e-3
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     assert "resuming" not in run(stage_command("train"), ws)
+
+
+def test_data_parallel_train_stops_as_a_group_and_resumes(
+    tmp_path: Path, tiny_params_dict: dict[str, Any], tiny_model: Path
+) -> None:
+    """SIGTERM to a two-process train stage stops every process of the group, writes no adapter, and a
+    rerun resumes both processes from rank 0's last checkpoint."""
+    import psutil
+
+    params = json.loads(json.dumps(tiny_params_dict))
+    params["train"].update(num_processes=2, max_steps=8, resume=True, save_steps=2, logging_steps=1)
+    ws = evaluate_workspace(tmp_path / "dp", params, tiny_model)
+    status = kill_when(
+        stage_command("train"), ws, lambda: (ws / ".cache/train/checkpoint-2").is_dir(), signal.SIGTERM
+    )
+    assert status == 128 + signal.SIGTERM
+    time.sleep(1)
+    left = [p.pid for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(ws)]
+    assert not left, f"processes of the stopped group still run: {left}"
+    assert not (ws / "models/train").exists() and not (ws / "models/train.tmp").exists()
+
+    log = run(stage_command("train"), ws)
+    assert "train.resume: resuming from .cache/train/checkpoint-" in log
+    m = json.loads((ws / "metrics/train.json").read_text())
+    assert (m["steps"], m["processes"], m["adapter_ranks_checked"]) == (8, 2, 2)
