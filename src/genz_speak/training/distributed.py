@@ -136,8 +136,14 @@ def broadcast(value: Any) -> Any:
 
 
 def finish() -> None:
-    """Leave the process group (if any) once no collective is left, as torch.distributed asks."""
+    """Leave the process group once no collective is left.
+
+    The barrier comes first because it is waited for without holding the GIL: gloo's worker threads
+    release the last collective's tensors, which needs the GIL, and left to interpreter exit that release
+    deadlocks with the group's destructor joining those threads (seen on CPU: a rank hung at exit).
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
