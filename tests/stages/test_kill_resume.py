@@ -201,8 +201,9 @@ def test_data_parallel_train_stops_as_a_group_and_resumes(
     params = json.loads(json.dumps(tiny_params_dict))
     params["train"].update(num_processes=2, max_steps=8, resume=True, save_steps=2, logging_steps=1)
     ws = evaluate_workspace(tmp_path / "dp", params, tiny_model)
+    # At checkpoint-4, so that a kill while it is being written still leaves checkpoint-2 to resume from.
     status = kill_when(
-        stage_command("train"), ws, lambda: (ws / ".cache/train/checkpoint-2").is_dir(), signal.SIGTERM
+        stage_command("train"), ws, lambda: (ws / ".cache/train/checkpoint-4").is_dir(), signal.SIGTERM
     )
     assert status == 128 + signal.SIGTERM
     time.sleep(1)
