@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from genz_speak.data.dataset import dataset_row
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, write_jsonl
 from tests.conftest import ROOT, python_env, stage_command
@@ -35,18 +36,7 @@ def lines(*extra: tuple[int, str]) -> bytes:
 
 
 def dataset_rows() -> list[dict[str, Any]]:
-    return [
-        {
-            "id": r["id"],
-            "split": "train",
-            "category": r["category"],
-            "instruction": r["instruction"],
-            "context": r["context"],
-            "source_response": r["response"],
-            "output": "ngl " + r["response"],
-        }
-        for r in GOOD[:6]
-    ]
+    return [dataset_row(r, "train", "ngl " + r["response"]) for r in GOOD[:6]]
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:

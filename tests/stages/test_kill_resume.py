@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from genz_speak.data.dataset import dataset_row
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, read_jsonl_tolerant, write_jsonl
 from tests.conftest import ROOT, python_env, stage_command
@@ -127,15 +128,7 @@ def evaluate_workspace(tmp: Path, params: dict[str, Any], tiny_model: Path) -> P
     shutil.copytree(tiny_model, ws / "models/prepare")
     shutil.copytree(tiny_model, ws / "models/merge")
     rows = [
-        {
-            "id": r["id"],
-            "split": split,
-            "category": r["category"],
-            "instruction": r["instruction"],
-            "context": r["context"],
-            "source_response": r["response"],
-            "output": f"ngl {r['response']} fr fr",
-        }
+        dataset_row(r, split, f"ngl {r['response']} fr fr")
         for split, rows in (("train", ROWS[:30]), ("validation", ROWS[30:38]), ("heldout", ROWS[38:]))
         for r in rows
     ]

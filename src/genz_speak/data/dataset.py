@@ -13,6 +13,19 @@ DATASET_FIELDS = ("id", "split", "category", "instruction", "context", "source_r
 SPLITS = ("train", "validation", "heldout")
 
 
+def dataset_row(source: dict[str, Any], split: str, output: str) -> dict[str, Any]:
+    """The dataset row (DATASET_FIELDS) for a prepared source row and its rewrite."""
+    return {
+        "id": source["id"],
+        "split": split,
+        "category": source["category"],
+        "instruction": source["instruction"],
+        "context": source["context"],
+        "source_response": source["response"],
+        "output": output,
+    }
+
+
 def _dataset_row(row: dict[str, Any]) -> dict[str, Any]:
     missing = [f for f in DATASET_FIELDS if f not in row]
     if missing:

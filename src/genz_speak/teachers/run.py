@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from genz_speak.config import GenerateConfig
+from genz_speak.data.dataset import dataset_row
 from genz_speak.io import AppendLog, read_jsonl_tolerant, write_json, write_jsonl
 from genz_speak.teachers import Teacher, TeacherRequest, TeacherResult
 from genz_speak.teachers.base import build_messages
@@ -153,13 +154,7 @@ def generate(
             continue
         dataset.append(
             {
-                "id": r["id"],
-                "split": split,
-                "category": r["category"],
-                "instruction": r["instruction"],
-                "context": r["context"],
-                "source_response": r["response"],
-                "output": rec["output"].strip(),
+                **dataset_row(r, split, rec["output"].strip()),
                 "teacher": teacher.name if cfg.teacher == "rules" else f"{cfg.teacher}:{cfg.model}",
             }
         )
