@@ -145,12 +145,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
             continue
         ref = one.get(r["backend"])
         ratio = r["tokens_per_s_steady"] / ref["tokens_per_s_steady"] if ref else float("nan")
-        diffs = [abs(v - ref["loss"][s]) for s, v in r["loss"].items() if ref and s in ref["loss"]]
-        rel = [
-            abs(v - ref["loss"][s]) / abs(ref["loss"][s])
-            for s, v in r["loss"].items()
-            if ref and s in ref["loss"]
-        ]
+        pairs = [(v, ref["loss"][s]) for s, v in r["loss"].items() if ref and s in ref["loss"]]
+        diffs = [abs(v - w) for v, w in pairs]
+        rel = [abs(v - w) / abs(w) for v, w in pairs]
         print(
             f"| {r['backend']} | {r['processes']} | {r['micro_batch']} x {r['accum']} x {r['processes']} | "
             f"{r['tokens_per_s_steady']:,.0f} | {ratio:.2f} | {r['tokens_per_s']:,.0f} | "

@@ -46,7 +46,7 @@ def num_processes(cfg: TrainConfig) -> int:
 
     if world_size() > 1:
         return world_size()
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = torch.cuda.device_count()  # 0 without CUDA
     if cfg.num_processes == "auto":
         return max(gpus, 1)
     if gpus and cfg.num_processes > gpus:
@@ -113,11 +113,17 @@ def adapter_digest(model: Any) -> str:
     return h.hexdigest()
 
 
-def gather(value: Any) -> list[Any]:
-    """`value` from every rank, in rank order (just [value] outside a process group)."""
+def _group() -> Any:
+    """torch.distributed while a process group is up, else None."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def gather(value: Any) -> list[Any]:
+    """`value` from every rank, in rank order (just [value] outside a process group)."""
+    dist = _group()
+    if dist is None:
         return [value]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
@@ -126,9 +132,8 @@ def gather(value: Any) -> list[Any]:
 
 def broadcast(value: Any) -> Any:
     """Rank 0's `value` on every rank."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = _group()
+    if dist is None:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -142,8 +147,7 @@ def finish() -> None:
     release the last collective's tensors, which needs the GIL, and left to interpreter exit that release
     deadlocks with the group's destructor joining those threads (seen on CPU: a rank hung at exit).
     """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
