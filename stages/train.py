@@ -42,12 +42,13 @@ def main() -> None:
     if distributed.is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
     metrics = train(cfg, rows, args.base, tmp, args.live_dir, args.work_dir)
-    if metrics is None:  # data-parallel ranks other than 0 write nothing
-        return
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)  # the adapter appears only once complete
-    shutil.rmtree(args.work_dir, ignore_errors=True)  # checkpoints only serve an unfinished run
-    write_json(args.metrics, metrics)
+    if metrics is not None:  # data-parallel ranks other than 0 write nothing
+        shutil.rmtree(args.out, ignore_errors=True)
+        tmp.rename(args.out)  # the adapter appears only once complete
+        shutil.rmtree(args.work_dir, ignore_errors=True)  # checkpoints only serve an unfinished run
+        write_json(args.metrics, metrics)
+    if distributed.world_size() > 1:
+        distributed.exit_group_process()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError
@@ -141,13 +141,22 @@ def broadcast(value: Any) -> Any:
 
 
 def finish() -> None:
-    """Leave the process group once no collective is left.
-
-    The barrier comes first because it is waited for without holding the GIL: gloo's worker threads
-    release the last collective's tensors, which needs the GIL, and left to interpreter exit that release
-    deadlocks with the group's destructor joining those threads (seen on CPU: a rank hung at exit).
-    """
+    """Leave the process group once no collective is left: the ranks leave it together."""
     dist = _group()
     if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_group_process() -> NoReturn:
+    """End a process of a launched group, its work done and written, without interpreter teardown.
+
+    At teardown the DDP reducer's last reference to the gloo group goes, and the group's destructor joins
+    its worker threads while holding the GIL; a worker still releasing the last collective's tensors
+    needs the GIL too, and the process hangs (seen on CPU: rank 1 after rank 0 had written everything,
+    even with finish()'s barrier). Nothing is left to run at that point but that teardown.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
