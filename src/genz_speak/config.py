@@ -64,7 +64,7 @@ class ValidationConfig:
     min_chars: NonNegInt = 8
     max_length_ratio: Annotated[float, Field(gt=0.0)] = 4.0
     keep_numbers: bool = True
-    keep_entities: bool = False
+    keep_entities: bool = True
     max_echo_similarity: Fraction = 0.98
 
 
