@@ -212,8 +212,9 @@ class MergeConfig:
 # ---------------------------------------------------------------------------------------------- evaluate
 @dataclass(config=_STRICT)
 class OfflineJudgeConfig:
-    encoder: str = EMBEDDED_ENCODER
-    max_perplexity: Annotated[float, Field(gt=1.0)] = 1000.0
+    encoder: str = EMBEDDED_ENCODER  # sentence encoder: relevance and coverage
+    lm: str = EMBEDDED_STUDENT  # causal LM whose early hidden states are the style model's first view
+    lm_layers: PositiveInt = 6  # how many of its layers run (the state after them is the feature)
 
 
 @dataclass(config=_STRICT)
@@ -221,7 +222,7 @@ class LLMJudgeConfig:
     model: str = "gpt-5-mini"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    reference_guided: bool = False
+    reference_guided: bool = True
     json_schema: bool = True
     price_in_per_mtok: Annotated[float, Field(ge=0.0)] = 0.25  # USD per million tokens, for the cost estimate
     price_out_per_mtok: Annotated[float, Field(ge=0.0)] = 2.0

@@ -55,5 +55,5 @@ def test_reference_guided_shows_the_reference(tmp_path: Path) -> None:
     server = ScriptedServer(["ok"], answer)
     with serve(server.app) as url:
         LLMJudge(judge_cfg(url, reference_guided=True), tmp_path / "j.jsonl").judge(ITEMS[:1])
-        LLMJudge(judge_cfg(url), tmp_path / "k.jsonl").judge(ITEMS[:1])
+        LLMJudge(judge_cfg(url, reference_guided=False), tmp_path / "k.jsonl").judge(ITEMS[:1])
     assert "reference answer" in seen[0] and "reference answer" not in seen[1]
