@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from genz_speak.io import read_jsonl
-from tests.conftest import ROOT, python_env, run_stage, stage_command, tiny_params
+from tests.conftest import DATA_FILES, ROOT, python_env, run_stage, stage_command, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     d = tmp_path_factory.mktemp("stages")
     (d / "data").mkdir()
-    shutil.copy(ROOT / "data/questions.jsonl", d / "data/questions.jsonl")
+    for name in DATA_FILES:
+        shutil.copy(ROOT / name, d / name)
     (d / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model)))
     return d
 
@@ -144,23 +145,41 @@ def test_evaluate_contract(evaluated: Path) -> None:
     assert {s["group"] for s in scores} == {"base", "base_model", "gen", "train"}
     assert len(scores) == 12 * 4
     for s in scores:
-        for c in ("style", "content", "fluency"):
-            assert 0.0 <= s[c] <= 1.0
+        for c in ("genz_style", "helpfulness", "coherence"):
+            assert 0.0 <= s["offline"][c] <= 1.0
+        assert set(s["offline"]["parts"]) == {"relevance", "coverage", "facts", "repetition"}
     answers = read_jsonl(evaluated / "data/evaluate/answers.jsonl")
     assert len(answers) == 12 and {a["set"] for a in answers} == {"heldout", "validation"}
     m = metrics(evaluated, "evaluate")
-    assert set(m["groups"]) == {"base", "base_model", "gen", "train"}
-    assert set(m["groups"]["gen"]) == {"style", "content", "fluency"}
-    assert m["groups"]["gen"]["style"]["n"] == 12
-    # the classifier separates the rules teacher's outputs from plain answers on rows it never saw
-    assert m["style_classifier"]["heldout_accuracy"] >= 0.7
-    assert m["groups"]["train"]["style"]["mean"] > m["groups"]["base"]["style"]["mean"]
-    assert "| Gen (fine-tuned answers) |" in (evaluated / "metrics/report.md").read_text()
+    assert m["judges"] == ["offline"]
+    off = m["offline"]
+    assert set(off["groups"]) == {"base", "base_model", "gen", "train"}
+    assert set(off["groups"]["gen"]) == {"genz_style", "helpfulness", "coherence"}
+    assert off["groups"]["gen"]["genz_style"]["n"] == 12
+    # the paired difference is over the 12 questions both models answered, its interval around its mean
+    for d in off["paired"].values():
+        assert d["n"] == 12 and d["ci_low"] <= d["mean"] <= d["ci_high"]
+    # the style model never saw the evaluated questions' corpus rows, and it separates plain from Gen Z
+    assert off["style_model"]["test_texts"] >= 2 * 12
+    assert min(off["style_model"]["heldout_accuracy"].values()) >= 0.85
+    # the teacher's rewrites read as Gen Z, the raw instructions do not
+    assert off["groups"]["train"]["genz_style"]["mean"] > off["groups"]["base"]["genz_style"]["mean"] + 0.3
+    surface = m["surface"]
+    assert set(surface) == {"base_model", "gen", "train"} and surface["gen"]["n"] == 12
+    assert 1 <= surface["gen"]["distinct_openings"] <= 12
+    report = (evaluated / "metrics/report.md").read_text()
+    assert "| Gen (fine-tuned answers) |" in report and "Gen − Base model, paired" in report
 
 
 def test_plot_contract(evaluated: Path) -> None:
     run_stage(evaluated, "plot")
-    for name in ("score_distribution", "comparison_box", "criteria_bars", "training_curves"):
+    for name in (
+        "score_distribution",
+        "comparison_box",
+        "criteria_bars",
+        "paired_difference",
+        "training_curves",
+    ):
         png = evaluated / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 5000
@@ -192,27 +211,18 @@ def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path:
         first = subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
         assert first.returncode == 0, first.stderr[-3000:]
         m = json.loads((tmp_path / "m.json").read_text())
-        assert m["llm_judge"]["judgements"] == 48 and m["llm_judge"]["failed"] == 0
-        assert m["llm_judge"]["requests"] == server.counts["requests"] > 48
-        assert set(m["agreement_spearman"]) == {
-            "style_vs_genz_style",
-            "content_vs_helpfulness",
-            "fluency_vs_coherence",
-        }
-        assert set(m["groups"]["gen"]) == {
-            "style",
-            "content",
-            "fluency",
-            "genz_style",
-            "helpfulness",
-            "coherence",
-        }
+        usage = m["llm"]["usage"]
+        assert usage["judgements"] == 48 and usage["failed"] == 0
+        assert usage["requests"] == server.counts["requests"] > 48
+        assert m["judges"] == ["offline", "llm"]
+        assert set(m["agreement_spearman"]) == {"genz_style", "helpfulness", "coherence"}
+        assert set(m["llm"]["groups"]["gen"]) == set(m["offline"]["groups"]["gen"])
         requests = server.counts["requests"]
         second = subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
         assert second.returncode == 0, second.stderr[-3000:]
         assert server.counts["requests"] == requests  # cached: no request on the second run
         m2 = json.loads((tmp_path / "m.json").read_text())
-        assert (m2["llm_judge"]["requests"], m2["llm_judge"]["cached"]) == (0, 48)
+        assert (m2["llm"]["usage"]["requests"], m2["llm"]["usage"]["cached"]) == (0, 48)
     for text in (
         first.stdout,
         first.stderr,
