@@ -200,6 +200,10 @@ class TrainConfig:
     eval_steps: PositiveInt | None = None
     seed: int = 42
     cpu_threads: NonNegInt = 2
+    # Greedy answers to this many fixed validation questions before training and at each evaluation, in
+    # <live dir>/samples.jsonl (0: none).
+    sample_questions: NonNegInt = 3
+    sample_max_new_tokens: PositiveInt = 64
     resume: bool = False  # checkpoint every save_steps; a rerun after a kill continues from the last one
     save_steps: PositiveInt = 50
     lora: LoraConfig = LoraConfig()

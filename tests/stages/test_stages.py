@@ -111,6 +111,16 @@ def test_train_contract(trained: Path) -> None:
     assert m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0 and m["wall_s"] > 0
     assert (trained / "dvclive/train/plots/metrics/loss.tsv").is_file()
     assert not (trained / "dvc.yaml").exists()  # DVCLive must not write a dvc.yaml of its own
+    # answers to the same 3 validation questions before training and at the evaluation (end of the epoch)
+    samples = read_jsonl(trained / "dvclive/train/samples.jsonl")
+    validation = [
+        r["id"]
+        for r in read_jsonl(trained / "data/generate/genz_dataset.jsonl")
+        if r["split"] == "validation"
+    ]
+    assert [s["step"] for s in samples] == [0, 0, 0, 2, 2, 2]
+    assert [s["id"] for s in samples] == validation[:3] * 2
+    assert all(isinstance(s["answer"], str) for s in samples)
 
 
 def test_merge_contract(merged: Path) -> None:
