@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from genz_speak import serve
+from genz_speak import chat, serve
+from genz_speak.export import hub
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="genz-speak", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_arguments(sub.add_parser("serve", help="an OpenAI-compatible chat server over a model folder"))
+    chat.add_arguments(sub.add_parser("chat", help="a terminal chat with a model folder (streamed tokens)"))
+    hub.add_arguments(
+        sub.add_parser("push", help="upload the merged model and its card to the Hugging Face Hub")
+    )
     args = parser.parse_args()
-    if args.command == "serve":
-        serve.run(args)
+    {"serve": serve.run, "chat": chat.run, "push": hub.run}[args.command](args)
 
 
 if __name__ == "__main__":

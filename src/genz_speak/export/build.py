@@ -51,20 +51,32 @@ def _tokenizer_agreement(
     return problems
 
 
+def _logits(model: Any, inputs: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return model(**inputs).logits.float()
+
+
 def _check_gguf(
-    path: Path, reference: Any, tokenizer: PreTrainedTokenizerBase, inputs: Any, texts: list[str]
-) -> tuple[float, list[str]]:
-    """Reload a GGUF file through transformers, as a user would: its max |logit diff| against the
-    merged model, and how its tokenizer disagrees with the merged model's."""
+    path: Path, reference_logits: Any, tokenizer: PreTrainedTokenizerBase, inputs: Any, texts: list[str]
+) -> dict[str, Any]:
+    """Reload a GGUF file through transformers, as a user would, and compare it with the merged model:
+    max |logit diff| and how often the most likely next token agrees, over the prompts' real positions;
+    how its tokenizer disagrees with the merged model's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from genz_speak.training.merge import max_logit_diff
 
     other_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     problems = _tokenizer_agreement(tokenizer, other_tok, texts)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    return max_logit_diff(model, reference, inputs), problems
+    logits = _logits(model, inputs)
+    mask = inputs["attention_mask"].bool()
+    return {
+        "max_logit_diff": float((logits - reference_logits).abs()[mask].max()),
+        "top1_agreement": float((logits.argmax(-1) == reference_logits.argmax(-1))[mask].float().mean()),
+        "tokenizer_problems": problems,
+    }
 
 
 def export(
@@ -88,6 +100,7 @@ def export(
     probes = ollama.check_roundtrip(tokenizer, chat)
     reference = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     inputs = check_inputs(tokenizer, check_rows, cfg.check_prompts)
+    reference_logits = _logits(reference, inputs)
     texts = [*check_prompts(tokenizer, check_rows, cfg.check_prompts), TOKENIZER_PROBE]
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -107,7 +120,8 @@ def export(
             license=cfg.license,
             tokenizer_pre=cfg.tokenizer_pre,
         )
-        diff, problems = _check_gguf(path, reference, tokenizer, inputs, texts)
+        check = _check_gguf(path, reference_logits, tokenizer, inputs, texts)
+        diff, problems = check["max_logit_diff"], check["tokenizer_problems"]
         tolerance = getattr(cfg.tolerance, fmt)
         formats[fmt] = {
             "file": path.name,
@@ -115,14 +129,16 @@ def export(
             "tensor_types": types,
             "max_logit_diff": round(diff, 5),
             "tolerance": tolerance,
+            "top1_agreement": round(check["top1_agreement"], 4),
             "tokenizer_problems": problems,
             "passed": diff <= tolerance and not problems,
         }
         log.info(
-            "%s: max |logit diff| %.5f (tolerance %g), tokenizer problems: %s",
+            "%s: max |logit diff| %.5f (tolerance %g), top-1 agreement %.4f, tokenizer problems: %s",
             path.name,
             diff,
             tolerance,
+            check["top1_agreement"],
             problems or "none",
         )
         if diff > tolerance:

@@ -51,13 +51,14 @@ print(chat([{"role": "user", "content": "Why is the sky blue?"}], max_new_tokens
 ## GGUF files
 
 Written with gguf-py (no llama.cpp build), then reloaded through transformers and compared with the
-merged model on {{ check_prompts }} held-out prompts; the chat template in their metadata renders every
-probe conversation exactly as the merged model's does.
+merged model at every position of {{ check_prompts }} held-out prompts (the largest logit difference, and
+how often both rank the same next token first); their tokenizer and chat template reproduce the merged
+model's exactly.
 
-| file | format | size | max \\|logit diff\\| vs merged | tolerance |
+| file | format | size | max \\|logit diff\\| vs merged (tolerance) | same top token |
 |---|---|---|---|---|
 {% for r in gguf_rows -%}
-| `{{ r.file }}` | {{ r.format }} | {{ r.size }} | {{ r.diff }} | {{ r.tolerance }} |
+| `{{ r.file }}` | {{ r.format }} | {{ r.size }} | {{ r.diff }} ({{ r.tolerance }}) | {{ r.agreement }} |
 {% endfor %}
 {%- endif %}
 ## Training data
@@ -251,6 +252,7 @@ def model_card(
                 "size": _mb(g["bytes"]),
                 "diff": g["max_logit_diff"],
                 "tolerance": g["tolerance"],
+                "agreement": f"{g['top1_agreement']:.1%}" if "top1_agreement" in g else "–",
             }
             for fmt, g in gguf.items()
         ],
