@@ -336,3 +336,28 @@ def test_card_without_evaluation_or_gguf(tmp_path: Path) -> None:
     assert "## GGUF files" not in text and "ollama create" not in text
     assert "base_model:" not in text  # a local folder is no hub id
     assert "`gpt-5-mini` through the `openai` teacher" in text
+
+
+# ------------------------------------------------------------------------------------------ config, card only
+def test_export_config_checks() -> None:
+    with pytest.raises(InputError, match=r"export: formats lists a format twice"):
+        parse(Params, {"export": {"formats": ["f16", "f16"]}})
+    with pytest.raises(InputError, match=r"export: modelfile_from 'q8_0' must be one of formats"):
+        parse(Params, {"export": {"formats": ["f16"]}})
+    with pytest.raises(InputError, match=r"export.formats.0"):
+        parse(Params, {"export": {"formats": ["q4_k"]}})
+    with pytest.raises(InputError, match=r"export.name"):
+        parse(Params, {"export": {"name": "../escape"}})
+    assert parse(Params, {"export": {"formats": []}}).export.formats == ()
+
+
+def test_no_formats_writes_only_the_card(tmp_path: Path) -> None:
+    from genz_speak.export.build import export
+
+    merged = tmp_path / "merge"
+    merged.mkdir()
+    (merged / "model.safetensors").write_bytes(b"x" * 10)
+    m = export(parse(Params, {"export": {"formats": []}}), merged, tmp_path / "export", [], {})
+    assert m == {"formats": {}, "merged_bytes": 10, "files": ["README.md"], "passed": True}
+    assert (tmp_path / "export/README.md").read_text().startswith("---\n")
+    assert not (tmp_path / "export.tmp").exists()

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genz_speak.config import GgufFormat, Params
+from genz_speak.config import ExportConfig, GgufFormat, Params
 from genz_speak.errors import InputError
 from genz_speak.export import card, ollama
 from genz_speak.export.gguf_file import write_gguf
@@ -79,22 +79,17 @@ def _check_gguf(
     }
 
 
-def export(
-    params: Params,
-    merged_dir: Path,
-    out_dir: Path,
-    check_rows: list[dict[str, Any]],
-    stage_metrics: dict[str, dict[str, Any]],
+def _write_ggufs(
+    cfg: ExportConfig, merged_dir: Path, tmp: Path, check_rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Write the GGUF files, Modelfile and model card of `merged_dir` to `out_dir`; fail, writing
-    nothing, when a GGUF's logits or tokenizer disagree with the merged model beyond export.tolerance."""
+    """The GGUF files and the Modelfile, written to `tmp` and checked; their metrics. Raises InputError
+    listing every failed check."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from genz_speak.models import load_tokenizer
     from genz_speak.training.merge import check_inputs, check_prompts
 
-    cfg = params.export
     tokenizer = load_tokenizer(merged_dir)
     chat = ollama.decompose(tokenizer)
     probes = ollama.check_roundtrip(tokenizer, chat)
@@ -102,10 +97,6 @@ def export(
     inputs = check_inputs(tokenizer, check_rows, cfg.check_prompts)
     reference_logits = _logits(reference, inputs)
     texts = [*check_prompts(tokenizer, check_rows, cfg.check_prompts), TOKENIZER_PROBE]
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     formats: dict[str, dict[str, Any]] = {}
     failures = []
     for fmt in cfg.formats:
@@ -145,28 +136,47 @@ def export(
             failures.append(f"{path.name}: max |logit diff| {diff:.4f} > export.tolerance.{fmt} {tolerance}")
         failures += [f"{path.name}: {p}" for p in problems]
     if failures:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise InputError("export checks failed, nothing written:\n  " + "\n  ".join(failures))
 
-    metrics: dict[str, Any] = {
+    eos = reference.generation_config.eos_token_id
+    eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
+    stops = ollama.stop_tokens(tokenizer, chat, eos_ids)
+    source = gguf_name(cfg.name, cfg.modelfile_from)
+    (tmp / "Modelfile").write_text(ollama.modelfile(source, chat, stops, cfg.num_ctx), encoding="utf-8")
+    return {
         "formats": formats,
-        "merged_bytes": sum(f.stat().st_size for f in merged_dir.glob("*.safetensors")),
         "check_prompts": int(inputs["input_ids"].shape[0]),
         "chat_template_probes": probes,
-    }
-    if cfg.formats:
-        eos = reference.generation_config.eos_token_id
-        eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
-        stops = ollama.stop_tokens(tokenizer, chat, eos_ids)
-        source = gguf_name(cfg.name, cfg.modelfile_from)
-        (tmp / "Modelfile").write_text(ollama.modelfile(source, chat, stops, cfg.num_ctx), encoding="utf-8")
-        metrics["modelfile"] = {
+        "modelfile": {
             "from": source,
             "stops": stops,
             "num_ctx": cfg.num_ctx,
             "default_system": chat.default_system,
-        }
-    card.model_card(params, cfg.name, stage_metrics, formats).save(tmp / "README.md")
+        },
+    }
+
+
+def export(
+    params: Params,
+    merged_dir: Path,
+    out_dir: Path,
+    check_rows: list[dict[str, Any]],
+    stage_metrics: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Write the GGUF files, Modelfile and model card of `merged_dir` to `out_dir`; fail, writing
+    nothing, when a GGUF's logits or tokenizer disagree with the merged model beyond export.tolerance.
+    With no export.formats, only the card."""
+    cfg = params.export
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        metrics = _write_ggufs(cfg, merged_dir, tmp, check_rows) if cfg.formats else {"formats": {}}
+        card.model_card(params, cfg.name, stage_metrics, metrics["formats"]).save(tmp / "README.md")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    metrics["merged_bytes"] = sum(f.stat().st_size for f in merged_dir.glob("*.safetensors"))
     metrics["files"] = sorted(p.name for p in tmp.iterdir())
     metrics["passed"] = True
     shutil.rmtree(out_dir, ignore_errors=True)
