@@ -34,7 +34,7 @@ that run's metrics files.
 
 ```bash
 vllm serve REPO_OR_FOLDER                # OpenAI-compatible server (GPU)
-transformers serve                       # OpenAI-compatible server; requests name the model REPO_OR_FOLDER
+transformers serve REPO_OR_FOLDER        # OpenAI-compatible server, CPU or GPU
 genz-speak chat FOLDER                   # genz-speak's terminal chat (streamed, keeps the history)
 {%- if modelfile %}
 ollama create {{ name }} -f Modelfile    # beside the GGUF files: then `ollama run {{ name }}`
