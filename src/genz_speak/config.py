@@ -275,6 +275,39 @@ class PlotConfig:
     dpi: PositiveInt = 120
 
 
+# ------------------------------------------------------------------------------------------------ export
+GgufFormat = Literal["f16", "q8_0"]
+
+
+@dataclass(config=_STRICT)
+class GgufToleranceConfig:
+    # Max |logit diff| of each GGUF, reloaded, against the merged folder. f16 stores a float16 merge exactly.
+    f16: Annotated[float, Field(gt=0.0)] = 0.01
+    q8_0: Annotated[float, Field(gt=0.0)] = 3.0
+
+
+@dataclass(config=_STRICT)
+class ExportConfig:
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "genz-speak"
+    formats: tuple[GgufFormat, ...] = ("f16", "q8_0")
+    tolerance: GgufToleranceConfig = GgufToleranceConfig()
+    check_prompts: PositiveInt = 3
+    # llama.cpp's name for the pre-tokenizer of a byte-level BPE vocabulary (`tokenizer.ggml.pre`):
+    # llama.cpp recognises it by a hash of sample encodings that gguf-py does not ship, so it is named here.
+    tokenizer_pre: str = "smollm"
+    modelfile_from: GgufFormat = "q8_0"
+    num_ctx: PositiveInt = 2048
+    license: str = "apache-2.0"  # the base model's licence, declared by the model card
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError("formats lists a format twice")
+        if self.formats and self.modelfile_from not in self.formats:
+            raise ValueError(f"modelfile_from {self.modelfile_from!r} must be one of formats {self.formats}")
+        return self
+
+
 @dataclass(config=_STRICT)
 class Params:
     prepare: PrepareConfig = PrepareConfig()
@@ -283,6 +316,7 @@ class Params:
     merge: MergeConfig = MergeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     plot: PlotConfig = PlotConfig()
+    export: ExportConfig = ExportConfig()
 
 
 T = TypeVar("T")
