@@ -283,14 +283,14 @@ def test_go_renders_the_template_as_jinja_does(tokenizer: Any, tmp_path: Path) -
 def _evaluate_metrics() -> dict[str, Any]:
     stat = {"mean": 0.5, "std": 0.1, "n": 20, "ci_low": 0.4, "ci_high": 0.6}
     return {
-        "groups": {
-            "base_model": {"genz_style": stat, "helpfulness": stat},
-            "gen": {"genz_style": {**stat, "mean": 0.8}, "helpfulness": stat},
+        "judges": ["llm"],
+        "llm": {
+            "groups": {
+                "base_model": {"genz_style": stat, "helpfulness": stat},
+                "gen": {"genz_style": {**stat, "mean": 0.8}, "helpfulness": stat},
+            },
+            "paired": {"genz_style": {"mean": 0.3, "ci_low": 0.1, "ci_high": 0.45, "n": 20}},
         },
-        "paired": {
-            "gen_minus_base_model": {"genz_style": {"mean": 0.3, "ci_low": 0.1, "ci_high": 0.45, "n": 20}}
-        },
-        "judge": "openai",
         "questions": 20,
     }
 
@@ -320,8 +320,9 @@ def test_card_reads_whatever_criteria_and_paired_differences_the_metrics_hold(tm
     text = loaded.text
     assert "| group | genz_style | helpfulness |" in text
     assert "| Gen (fine-tuned answers) | 0.800 [0.400, 0.600] (n=20) | 0.500 [0.400, 0.600] (n=20) |" in text
-    assert "| gen_minus_base_model / genz_style | 0.300 [0.100, 0.450] (n=20) |" in text
-    assert "200 rows kept, 9 rejected" in text and "rules stylizer" in text
+    assert "**LLM judge**" in text
+    assert "| genz_style | 0.300 [0.100, 0.450] (n=20) |" in text
+    assert "200 rows kept, 9 rejected" in text and "hand-written Gen Z corpus" in text
     assert "| `m-q8_0.gguf` | q8_0 | 145.0 MB | 0.5 (3.0) | 98.8% |" in text
     assert "LoRA rank 16, alpha 32" in text
 

@@ -122,6 +122,13 @@ def _source(params: Params) -> str:
 
 def _teacher(params: Params) -> tuple[str, str]:
     gen = params.generate
+    if gen.teacher == "corpus":
+        return (
+            "genz-speak's hand-written Gen Z corpus (`generate.teacher: corpus`, standing in for an LLM "
+            "teacher)",
+            "here natural rewrites written by people for genz-speak's own questions: a small, varied set, "
+            "so the model learns a voice from a few hundred examples.",
+        )
     if gen.teacher == "rules":
         return (
             "the offline rules stylizer (`generate.teacher: rules`)",
@@ -181,34 +188,39 @@ def _stat_rows(obj: Any, path: tuple[str, ...] = ()) -> list[tuple[str, dict[str
     return []
 
 
-def evaluation_section(ev: dict[str, Any]) -> str:
-    """Tables of metrics/evaluate.json: per group x criterion mean [95% interval] (n), then any paired
-    differences, whatever the criteria and groups are called."""
-    if not ev.get("groups"):
-        return "No evaluation metrics were found for this run."
+def _judge_table(name: str, ev: dict[str, Any]) -> str:
     from genz_speak.judges.evaluate import GROUPS
 
-    groups: dict[str, dict[str, Any]] = ev["groups"]
+    groups: dict[str, dict[str, Any]] = ev.get("groups", {})
     criteria = list(dict.fromkeys(c for g in groups.values() for c in g))
-    intro = (
-        f"Judge: {ev.get('judge', '?')}, on {ev.get('questions', '?')} questions the model never trained "
-        "on. Each cell: mean [95% bootstrap interval] (n)."
-    )
     table = "| group | " + " | ".join(criteria) + " |\n|---|" + "---|" * len(criteria) + "\n"
     for group, stats in groups.items():
         table += (
             f"| {GROUPS.get(group, group)} | " + " | ".join(_cell(stats.get(c)) for c in criteria) + " |\n"
         )
-    text = f"{intro}\n\n{table}"
+    text = f"**{name}**\n\n{table}"
     paired = _stat_rows(ev.get("paired"))
     if paired:
         text += (
-            "\nPaired differences on the same questions (metrics/evaluate.json's `paired`: fine-tuned − base "
-            "model), mean [95% interval] (n):\n\n"
-            "| difference | value |\n|---|---|\n"
-            + "".join(f"| {name} | {_cell(s)} |\n" for name, s in paired)
+            "\nFine-tuned − base model on the same questions (paired), mean [95% interval] (n):\n\n"
+            "| criterion | difference |\n|---|---|\n" + "".join(f"| {c} | {_cell(s)} |\n" for c, s in paired)
         )
     return text
+
+
+def evaluation_section(ev: dict[str, Any]) -> str:
+    """Tables of metrics/evaluate.json, per judge: group x criterion mean [95% bootstrap interval] (n) and
+    the paired differences, whatever the criteria and groups are called."""
+    judges = [j for j in ev.get("judges", []) if ev.get(j, {}).get("groups")]
+    if not judges:
+        return "No evaluation metrics were found for this run."
+    names = {"offline": "Offline judge", "llm": "LLM judge"}
+    intro = (
+        f"On {ev.get('questions', '?')} questions the model never trained on; scores in [0, 1] by the rubric "
+        "of genz-speak's `docs/judge_rubric.md` (Gen Z style, helpfulness, coherence). Each cell: mean "
+        "[95% bootstrap interval] (n)."
+    )
+    return intro + "\n\n" + "\n".join(_judge_table(names.get(j, j), ev[j]) for j in judges)
 
 
 def model_card(
