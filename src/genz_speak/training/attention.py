@@ -197,12 +197,18 @@ def _half_dtype(query: torch.Tensor, module: torch.nn.Module) -> torch.dtype | N
 
 
 def _varlen_attn() -> Any:
-    """torch's varlen_attn when it exists with causal windows (torch >= 2.11), else None."""
+    """torch's varlen_attn when it exists with causal windows (torch >= 2.11), else None. Looked up per
+    call: Unsloth's wrapper (below) may replace it."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
+    return varlen_attn if "window_size" in _parameters(varlen_attn) else None
+
+
+@functools.cache
+def _parameters(fn: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
 
 
 @functools.cache
@@ -255,7 +261,7 @@ def _torch_varlen(
     q, k, v = (_flat(x).to(half) for x in (query, key, value))
     gqa: dict[str, bool] = {}
     if q.shape[1] != k.shape[1]:
-        if "enable_gqa" in inspect.signature(varlen_attn).parameters:
+        if "enable_gqa" in _parameters(varlen_attn):
             gqa["enable_gqa"] = True
         else:  # torch 2.11: no enable_gqa keyword
             k, v = _expand_kv(q, k, v)
@@ -318,7 +324,7 @@ def allow_unsloth_torch_varlen() -> None:
     if varlen is None:
         log.info("unsloth: torch has no varlen_attn with window_size; packed rows run SDPA per sequence")
         return
-    if "enable_gqa" in inspect.signature(varlen).parameters:
+    if "enable_gqa" in _parameters(varlen):
         return  # torch >= 2.12 (or the wrapper, installed earlier in this process)
     if "unsloth.utils.attention_dispatch" in sys.modules:
         log.warning(
