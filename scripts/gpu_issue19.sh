@@ -60,13 +60,15 @@ STATUS=()
 
 left() { echo $((DEADLINE - $(date +%s))); }
 
-# step NAME LOG CMD...: run CMD under the time left, appending to LOG; record its exit status.
+# step NAME LOG CAP CMD...: run CMD for at most CAP seconds and the time left, appending its output to
+# LOG; record its exit status (124: timed out).
 step() {
-    local name=$1 log=$2
-    shift 2
+    local name=$1 log=$2 cap=$3
+    shift 3
     local t0 secs rc
     t0=$(date +%s)
     secs=$(left)
+    [ "$secs" -le "$cap" ] || secs=$cap
     if [ "$secs" -lt 20 ]; then
         STATUS+=("| $name | skipped: ${secs} s left |")
         return 0
@@ -99,18 +101,18 @@ for part in "${PARTS[@]}"; do
     case $part in
     tests)
         # transformers first and alone: Unsloth, once imported, patches transformers for the process.
-        step "gpu tests: transformers + peft + bnb" tests.log \
+        step "gpu tests: transformers + peft + bnb" tests.log 150 \
             python3 -m pytest tests/gpu/test_packed_isolation.py -k transformers -rA -p no:cacheprovider
-        step "gpu tests: unsloth (isolation, padding-free = padded)" tests.log \
+        step "gpu tests: unsloth (isolation, padding-free = padded)" tests.log 240 \
             python3 -m pytest tests/gpu -k "not transformers" -rA -p no:cacheprovider
         ;;
     bench)
         # transformers first (its cases are cheap); Unsloth's most wanted cases first, so that a timeout
         # (its process gets the time left, less a margin for the table) still leaves the key figures.
-        step "bench: transformers" bench.log "${BENCH[@]}" --backends transformers \
+        step "bench: transformers" bench.log 330 "${BENCH[@]}" --backends transformers \
             --cases 8x1 packing full-8x1 packing-32 --json "$OUT/bench-transformers.json" \
             --timeout "$(( $(left) < 300 ? $(left) - 30 : 270 ))"
-        step "bench: unsloth" bench.log "${BENCH[@]}" --backends unsloth \
+        step "bench: unsloth" bench.log 600 "${BENCH[@]}" --backends unsloth \
             --cases packing packing-32 full-8x1 8x1 full-32x1 packing-16 --json "$OUT/bench-unsloth.json" \
             --timeout "$(( $(left) - 30 ))"
         ;;
@@ -132,9 +134,9 @@ print(best["case"], int(projected * 60 * 1.15) + 90)
 PY
         )
         if [ "$(left)" -lt "$NEED" ]; then
-            STATUS+=("| epochs: 15,000 rows x 2 ($CASE) | skipped: $(left) s left, needs ~$NEED s: run \`bash scripts/gpu_issue19.sh epochs\` in a call of its own |")
+            STATUS+=("| epochs: 15,000 rows x 2 ($CASE) | skipped: $(left) s left, needs ~$NEED s: run \`EPOCHS_CASE=$CASE bash scripts/gpu_issue19.sh epochs\` in a call of its own |")
         else
-            step "epochs: 15,000 rows x 2 ($CASE)" epochs.log "${BENCH[@]}" --backends unsloth --cases "$CASE" \
+            step "epochs: 15,000 rows x 2 ($CASE)" epochs.log 600 "${BENCH[@]}" --backends unsloth --cases "$CASE" \
                 --train-rows 15000 --epochs 2 --json "$OUT/epochs.json" --timeout "$(( $(left) - 20 ))"
         fi
         ;;
