@@ -183,8 +183,9 @@ class TrainConfig:
     # Padding-free batches concatenate a micro-batch's rows (varlen attention, no pad tokens). None leaves
     # the choice to the backend: Unsloth measures and picks per GPU; TRL pads unless packing.
     padding_free: bool | None = None
-    # transformers backend: the attention kernel (e.g. flash_attention_2 where installed); None: its default.
-    # Padding-free batches need a flash-attention kernel there: sdpa and eager let packed rows see each other.
+    # transformers backend: the attention implementation; None: genz_varlen for padding-free batches (rows
+    # kept apart by torch's varlen kernel, or SDPA per row without CUDA), transformers' default otherwise.
+    # Padding-free batches need genz_varlen or a flash-attention kernel: under sdpa/eager rows see each other.
     attn_implementation: str | None = None
     group_by_length: bool = False
     pad_to_multiple_of: PositiveInt | None = None
@@ -207,6 +208,14 @@ class TrainConfig:
     resume: bool = False  # checkpoint every save_steps; a rerun after a kill continues from the last one
     save_steps: PositiveInt = 50
     lora: LoraConfig = LoraConfig()
+
+    @property
+    def padding_free_batches(self) -> bool | None:
+        """Whether batches concatenate rows without padding: bfd packing always, wrapped packing never
+        (dense blocks), else `padding_free` (None: the backend decides)."""
+        if self.packing:
+            return self.packing_strategy == "bfd"
+        return self.padding_free
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
