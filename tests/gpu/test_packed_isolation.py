@@ -106,18 +106,21 @@ def packed_batch(backend: str, model_dir: Path, work: Path) -> tuple[Any, dict[s
 def row_losses_and_grads(
     model: Any, inputs: dict[str, Any], labels: Any, spans: list[tuple[int, int]]
 ) -> list[tuple[float, Any, Any]]:
-    """(mean completion-token loss, LoRA gradient, logits) of each span of one forward over `inputs`."""
+    """(mean completion-token loss, LoRA gradient, logits) of each span of a forward over `inputs`.
+
+    One forward per span: Unsloth's fused LoRA kernels modify tensors their backward saved, so a graph
+    cannot be backpropagated twice (retain_graph) the way per-row losses of one forward would need."""
     import torch
     import torch.nn.functional as F
 
     lora = [p for p in model.parameters() if p.requires_grad]
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(**inputs).logits[0].float()
     out = []
     for start, end in spans:
         model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(**inputs).logits[0].float()
         loss = F.cross_entropy(logits[start : end - 1], labels[start + 1 : end], ignore_index=-100)
-        loss.backward(retain_graph=True)
+        loss.backward()
         grad = torch.cat(
             [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float() for p in lora]
         )
