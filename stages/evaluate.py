@@ -2,14 +2,15 @@
 
     python stages/evaluate.py --base models/prepare --merged models/merge --data-dir data/prepare \
         --dataset data/generate/genz_dataset.jsonl --corpus data/genz_corpus.jsonl --out-dir data/evaluate \
-        --judge-cache .cache/judge.jsonl --answer-cache .cache/answers.jsonl --metrics metrics/evaluate.json \
-        --report metrics/report.md
+        --plots-dir plots/evaluate --judge-cache .cache/judge.jsonl --answer-cache .cache/answers.jsonl \
+        --metrics metrics/evaluate.json --report metrics/report.md
 
 Reads `evaluate` from params.yaml, and the hand-written Gen Z corpus (--corpus) the offline judge's style
 model is fitted on. Writes answers.jsonl and per-answer scores.jsonl under --out-dir; per judge, the
 Base / Base model / Gen / Train comparison (mean, std, n, 95% bootstrap interval per criterion) and the
 paired Gen - Base model difference to --metrics, with surface statistics (distinct openings, emoji);
-and a readable report to --report. LLM-judge verdicts are cached in --judge-cache and answers (per
+and a readable report to --report; means.json, paired.json and scores.json under --plots-dir, the data of
+`dvc plots` (templates in .dvc/plots/). LLM-judge verdicts are cached in --judge-cache and answers (per
 batch) in --answer-cache, so a killed run resumes where it stopped.
 """
 
@@ -30,6 +31,7 @@ def main() -> None:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--plots-dir", type=Path, required=True)
     p.add_argument("--judge-cache", type=Path, required=True)
     p.add_argument("--answer-cache", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
@@ -46,6 +48,7 @@ def main() -> None:
         read_dataset(args.dataset),
         read_corpus(args.corpus),
         args.out_dir,
+        args.plots_dir,
         args.judge_cache,
         args.answer_cache,
     )

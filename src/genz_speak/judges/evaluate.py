@@ -10,7 +10,7 @@ from typing import Any
 
 from genz_speak.config import EvaluateConfig
 from genz_speak.data.chat import user_message
-from genz_speak.io import AppendLog, atomic_open, read_jsonl_tolerant, write_jsonl
+from genz_speak.io import AppendLog, atomic_open, read_jsonl_tolerant, write_json, write_jsonl
 from genz_speak.judges import CRITERIA
 from genz_speak.judges import text as T
 from genz_speak.judges.offline import Item
@@ -144,6 +144,28 @@ def surface(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def plot_data(metrics: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The evaluation as flat rows for DVC's vega plots (.dvc/plots/*.json templates), so `dvc plots diff`
+    overlays runs: per judge/group/criterion means with intervals, paired differences, and every score."""
+    means, paired = [], []
+    for judge in metrics["judges"]:
+        for group, by_criterion in metrics[judge]["groups"].items():
+            for c, s in by_criterion.items():
+                if s["mean"] is not None:
+                    means.append({"judge": judge, "group": group, "criterion": c, **s})
+        for c, d in metrics[judge]["paired"].items():
+            if d["mean"] is not None:
+                paired.append({"judge": judge, "criterion": c, "difference": d["mean"], **d})
+    scores = [
+        {"measure": f"{judge} {c}", "group": r["group"], "id": r["id"], "score": round(r[judge][c], 4)}
+        for r in records
+        for judge in metrics["judges"]
+        for c in CRITERIA
+        if (r.get(judge) or {}).get(c) is not None
+    ]
+    return {"means": means, "paired": paired, "scores": scores}
+
+
 def report(metrics: dict[str, Any]) -> str:
     """metrics/report.md: per judge the group table and the paired difference, then surface statistics."""
     lines = [f"# genz-speak evaluation\n\n{metrics['questions']} questions (held-out + validation).\n"]
@@ -221,10 +243,12 @@ def evaluate(
     dataset: list[dict[str, Any]],
     corpus: list[dict[str, Any]],
     out_dir: Path,
+    plots_dir: Path,
     judge_cache: Path,
     answer_cache: Path,
 ) -> tuple[dict[str, Any], str]:
-    """Write answers and per-answer scores under `out_dir`; return metrics and a markdown report."""
+    """Write answers and per-answer scores under `out_dir` and the plot data under `plots_dir`; return
+    metrics and a markdown report."""
     questions = _questions(cfg, heldout, validation)
     base_answers = answer(cfg, base_dir, questions, answer_cache)
     gen_answers = answer(cfg, merged_dir, questions, answer_cache)
@@ -274,6 +298,8 @@ def evaluate(
             for c in CRITERIA
         }
     metrics["surface"] = surface(records)
+    for name, rows in plot_data(metrics, records).items():
+        write_json(plots_dir / f"{name}.json", rows)
     write_jsonl(
         out_dir / "scores.jsonl",
         [{k: v for k, v in r.items() if k not in ("instruction", "context")} for r in records],

@@ -25,16 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def _live_callback(live_dir: Path, resume: bool = False) -> Any:
-    from dvclive.huggingface import DVCLiveCallback
+    from transformers.integrations import DVCLiveCallback
 
     from dvclive import Live
 
     class StepAlignedDVCLive(DVCLiveCallback):
-        """DVCLive's callback counts log calls as steps; align its step with the optimizer step instead,
-        so train and eval curves share one x-axis."""
+        """transformers' DVCLive callback counts log calls as steps; align its step with the optimizer step
+        instead, so train and eval curves share one x-axis."""
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            pass  # the stage's params are in params.yaml and dvc.lock; all TrainingArguments would be noise
+        def setup(self, args: Any, state: Any, model: Any) -> None:
+            # The stage's params are in params.yaml and dvc.lock; all TrainingArguments would be noise.
+            self._initialized = True
 
         def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.live.step = state.global_step
@@ -121,6 +122,23 @@ def _sample_callback(questions: list[dict[str, Any]], tokenizer: Any, path: Path
             self._sample(state.global_step, model)
 
     return SampleAnswers()
+
+
+def library_versions(backend: str, load_in_4bit: bool) -> dict[str, str]:
+    """The versions of the libraries a training result depends on, so `dvc metrics diff` shows when a
+    result moved because a library did."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["torch", "transformers", "trl", "peft", "accelerate"]
+    names += ["unsloth", "unsloth_zoo"] if backend == "unsloth" else []
+    names += ["bitsandbytes"] if load_in_4bit else []
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found
 
 
 def check_masking(dataset: Any, rows_in: int, packed: bool = False) -> dict[str, int]:
@@ -441,6 +459,7 @@ def train(
     steps_per_s = clock.steady_rate()
     return {
         "backend": backend,
+        "versions": library_versions(backend, cfg.load_in_4bit),
         "device": str(device()) if not cuda else torch.cuda.get_device_name(),
         "load_in_4bit": cfg.load_in_4bit,
         "processes": processes,
