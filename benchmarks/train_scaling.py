@@ -71,7 +71,9 @@ def dataset(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def params(backend: str, processes: int, steps: int, seq: int, accum: int = 2) -> dict[str, Any]:
-    p = yaml.safe_load((ROOT / "configs/gpu-recipe.yaml").read_text())
+    from genz_speak.profiles import apply
+
+    p = yaml.safe_load(apply(ROOT / "configs/gpu-recipe.yaml", ROOT / "params.yaml")[0])
     p["train"].update(
         backend=backend,
         num_processes=processes,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genz_speak import chat, serve
+from genz_speak import chat, profiles, serve
 from genz_speak.export import hub
 from genz_speak.judges import check
 
@@ -24,8 +24,15 @@ def main() -> None:
             "labelled calibration set",
         )
     )
+    profiles.add_arguments(
+        sub.add_parser(
+            "profile", help="apply a profile (configs/NAME.yaml, the keys it changes) to params.yaml"
+        )
+    )
     args = parser.parse_args()
-    {"serve": serve.run, "chat": chat.run, "push": hub.run, "judge-check": check.run}[args.command](args)
+    commands = {"serve": serve.run, "chat": chat.run, "push": hub.run, "judge-check": check.run}
+    commands["profile"] = profiles.run
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
