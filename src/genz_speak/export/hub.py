@@ -73,7 +73,10 @@ def _fail(message: str) -> NoReturn:
 
 
 def run(args: argparse.Namespace) -> None:
-    import httpx2  # huggingface_hub's HTTP client: its connection errors are its own classes
+    try:  # huggingface_hub's HTTP client, whose connection errors are its own classes: httpx2 from 2.0
+        from httpx2 import HTTPError
+    except ImportError:  # huggingface_hub 1.x (the GPU machine's transformers 5.17 needs < 2.0)
+        from httpx import HTTPError
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -98,6 +101,6 @@ def run(args: argparse.Namespace) -> None:
         url = push(args.repo_id, plan, token, args.private, args.message)
     except HfHubHTTPError as err:
         _fail(f"the Hub refused the upload to {args.repo_id}: {err}")
-    except (httpx2.HTTPError, ConnectionError, OSError) as err:
+    except (HTTPError, ConnectionError, OSError) as err:
         _fail(f"could not reach the Hub ({type(err).__name__}: {err}); the upload did not complete")
     print(f"uploaded {len(plan)} files: {url}")
