@@ -282,6 +282,7 @@ def build_trainer(
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
+        # transformers 5 dropped `warmup_ratio`: a float below 1 in `warmup_steps` is the ratio of all steps.
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         optim=cfg.optimizer if cfg.optimizer != "adamw_8bit" else "adamw_bnb_8bit",
@@ -331,8 +332,9 @@ def attention_kernel(backend: backends.Backend, trainer: Any, calls: dict[str, i
 
 
 def _truncate(dataset: Any, max_length: int) -> Any:
-    """Cut tokenized rows to `max_length` tokens, as TRL's own truncation does (it keeps the start)."""
-    columns = [c for c in ("input_ids", "completion_mask", "assistant_masks") if c in dataset.column_names]
+    """Cut tokenized rows to `max_length` tokens, as TRL's own truncation does (it keeps the start). The
+    loss mask is `completion_mask` in TRL 1.15 and folded into `labels` from 1.16."""
+    columns = [c for c in ("input_ids", "completion_mask", "labels") if c in dataset.column_names]
     return dataset.map(lambda row: {c: row[c][:max_length] for c in columns})
 
 
