@@ -2,8 +2,8 @@
 
     python stages/evaluate.py --base models/prepare --merged models/merge --data-dir data/prepare \
         --dataset data/generate/genz_dataset.jsonl --corpus data/genz_corpus.jsonl --out-dir data/evaluate \
-        --plots-dir plots/evaluate --judge-cache .cache/judge.jsonl --answer-cache .cache/answers.jsonl \
-        --metrics metrics/evaluate.json --report metrics/report.md
+        --plots-dir plots/evaluate --judge-cache .cache/judge.jsonl --offline-cache .cache/offline-judge \
+        --answer-cache .cache/answers.jsonl --metrics metrics/evaluate.json --report metrics/report.md
 
 Reads `evaluate` from params.yaml, and the hand-written Gen Z corpus (--corpus) the offline judge's style
 model is fitted on. Writes answers.jsonl and per-answer scores.jsonl under --out-dir; per judge, the
@@ -11,7 +11,8 @@ Base / Base model / Gen / Train comparison (mean, std, n, 95% bootstrap interval
 paired Gen - Base model difference to --metrics, with surface statistics (distinct openings, emoji);
 and a readable report to --report; means.json, paired.json and scores.json under --plots-dir, the data of
 `dvc plots` (templates in .dvc/plots/). LLM-judge verdicts are cached in --judge-cache and answers (per
-batch) in --answer-cache, so a killed run resumes where it stopped.
+batch) in --answer-cache, so a killed run resumes where it stopped; the offline judge keeps its cut LM and
+fitted style model in --offline-cache.
 """
 
 from pathlib import Path
@@ -33,6 +34,7 @@ def main() -> None:
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--plots-dir", type=Path, required=True)
     p.add_argument("--judge-cache", type=Path, required=True)
+    p.add_argument("--offline-cache", type=Path, required=True)
     p.add_argument("--answer-cache", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
@@ -50,6 +52,7 @@ def main() -> None:
         args.out_dir,
         args.plots_dir,
         args.judge_cache,
+        args.offline_cache,
         args.answer_cache,
     )
     write_json(args.metrics, metrics)

