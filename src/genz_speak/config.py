@@ -7,11 +7,13 @@ with the dotted `params.yaml` key that caused it, e.g. ``params.yaml: train.lora
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from genz_speak.errors import InputError, MissingInput
@@ -22,6 +24,17 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _http_url(url: str) -> str:
+    # Without a scheme ("localhost:8000/v1") the client would fail on every request, one row at a time.
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) URL; write it in full, e.g. http://localhost:8000/v1")
+    return url
+
+
+HttpURL = Annotated[str, AfterValidator(_http_url)]
 
 EMBEDDED_STUDENT = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
@@ -81,9 +94,9 @@ class VLLMConfig:
 class GenerateConfig:
     teacher: Literal["rules", "transformers", "openai", "vllm"] = "rules"
     model: str = ""
-    base_url: str | None = None
+    base_url: HttpURL | None = None
     # Several endpoints serving the same model (e.g. vLLM replicas): requests are spread across them.
-    base_urls: tuple[str, ...] = ()
+    base_urls: tuple[HttpURL, ...] = ()
     api_key_env: str = "OPENAI_API_KEY"
     system_prompt: str = "You rewrite answers in Gen Z voice without changing any fact."
     prompt_template: str = (
@@ -219,7 +232,7 @@ class OfflineJudgeConfig:
 @dataclass(config=_STRICT)
 class LLMJudgeConfig:
     model: str = "gpt-5-mini"
-    base_url: str | None = None
+    base_url: HttpURL | None = None
     api_key_env: str = "OPENAI_API_KEY"
     reference_guided: bool = False
     json_schema: bool = True
@@ -288,6 +301,29 @@ def parse(cls: type[T], data: Any, path: Path = Path("params.yaml"), prefix: str
         raise InputError(_format_error(err, path, prefix)) from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, except that a key given twice in one mapping is an error, as it is to DVC: a
+    stage started directly must not run with whichever value came last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key may override it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and validate the whole params file."""
     path = Path(path)
@@ -295,7 +331,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise MissingInput(f"{path}: params file not found (run from the project root)")
     with path.open() as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        except _DuplicateKey as err:
+            raise InputError(f"{path}:{err.line}: duplicate key {err.key!r} (first on line {err.first})") from None
         except yaml.YAMLError as err:
             raise InputError(f"{path}: not valid YAML: {err}") from err
     if data is not None and not isinstance(data, dict):

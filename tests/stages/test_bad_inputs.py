@@ -147,6 +147,18 @@ CASES: dict[str, Case] = {
         {},
         "params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here",
     ),
+    "a key twice": (
+        "prepare",
+        {},
+        {"params.yaml": b"train:\n  batch_size: 8\n  batch_size: 4\n"},
+        "params.yaml:3: duplicate key 'batch_size' (first on line 2)",
+    ),
+    "base_url without a scheme": (
+        "prepare",
+        {"generate.teacher": "openai", "generate.model": "m", "generate.base_url": "localhost:8765/v1"},
+        {},
+        "params.yaml: generate.base_url: 'localhost:8765/v1' is not an http(s) URL",
+    ),
     "not YAML": ("prepare", {}, {"params.yaml": b"train: [unclosed\n"}, "params.yaml: not valid YAML"),
     "not a mapping": (
         "prepare",
