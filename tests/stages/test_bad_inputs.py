@@ -179,6 +179,12 @@ CASES: dict[str, Case] = {
         {SOURCE: lines((1, '{"instruction": "Why?", "category": "open_qa"}'))},
         "bad.jsonl:2: missing or empty field(s) ['response']",
     ),
+    "blank response (NBSP)": (
+        "prepare",
+        {},
+        {SOURCE: lines((2, '{"instruction": "Why?", "response": "\\u00a0 ", "category": "open_qa"}'))},
+        "bad.jsonl:3: missing or empty field(s) ['response']",
+    ),
     "wrong field type": (
         "prepare",
         {},
