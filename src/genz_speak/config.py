@@ -76,6 +76,8 @@ class SamplingConfig:
 class ValidationConfig:
     min_chars: NonNegInt = 8
     max_length_ratio: Annotated[float, Field(gt=0.0)] = 4.0
+    # A rewrite may always be this long: restyling a short answer ("2018", a name) takes a sentence or two.
+    max_length_floor: NonNegInt = 400
     keep_numbers: bool = True
     keep_entities: bool = False
     max_echo_similarity: Fraction = 0.98
