@@ -333,9 +333,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise MissingInput(f"{path}: params file not found (run from the project root)")
     with path.open() as f:
         try:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader
         except _DuplicateKey as err:
-            raise InputError(f"{path}:{err.line}: duplicate key {err.key!r} (first on line {err.first})") from None
+            message = f"{path}:{err.line}: duplicate key {err.key!r} (first on line {err.first})"
+            raise InputError(message) from None
         except yaml.YAMLError as err:
             raise InputError(f"{path}: not valid YAML: {err}") from err
     if data is not None and not isinstance(data, dict):

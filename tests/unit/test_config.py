@@ -88,8 +88,12 @@ def test_yaml_merge_keys_may_override(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "key, value",
-    [("generate.base_url", "localhost:8765/v1"), ("generate.base_urls", ["http://a/v1", "b:8000/v1"]),
-     ("evaluate.llm.base_url", "127.0.0.1:8000/v1"), ("generate.base_url", "ftp://host/v1")],
+    [
+        ("generate.base_url", "localhost:8765/v1"),
+        ("generate.base_urls", ["http://a/v1", "b:8000/v1"]),
+        ("evaluate.llm.base_url", "127.0.0.1:8000/v1"),
+        ("generate.base_url", "ftp://host/v1"),
+    ],
 )
 def test_base_urls_need_a_scheme(key: str, value: object) -> None:
     section, *rest = key.split(".")

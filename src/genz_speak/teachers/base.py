@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from genz_speak.config import GenerateConfig
@@ -24,6 +24,7 @@ class TeacherResult:
     tokens_in: int = 0
     tokens_out: int = 0
     retries: int = 0
+    faults: dict[str, int] = field(default_factory=dict)  # failed requests by `llm_client.fault_label`
 
 
 class Teacher(Protocol):
