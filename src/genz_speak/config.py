@@ -243,6 +243,8 @@ class LLMJudgeConfig:
     concurrency: PositiveInt = 4
     request_timeout: Annotated[float, Field(gt=0.0)] = 120.0
     max_retries: NonNegInt = 4
+    # Fail the stage when more judgements than this fail after their retries (all failing always fails it).
+    max_failed_fraction: Fraction = 0.1
 
 
 @dataclass(config=_STRICT)

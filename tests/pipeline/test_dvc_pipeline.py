@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, python_env, tiny_params
+from tests.conftest import copy_project, python_env, served, server_stats, tiny_params
 
 pytestmark = pytest.mark.slow
 STAGES = ["prepare", "generate", "train", "merge", "evaluate", "plot"]
@@ -148,17 +148,11 @@ def test_a_sentinel_key_never_lands_in_the_repo(repo: Path) -> None:
     import os
     import uuid
 
-    from genz_speak.teachers.rules import stylize
-    from tests.openai_server import ScriptedServer, serve, verdict_for
-
     sentinel = f"sk-SENTINEL-{uuid.uuid4().hex}"
-
-    def rewrite(messages: list[dict[str, str]]) -> str:
-        prompt = messages[-1]["content"]
-        return stylize(prompt.rsplit("Answer:", 1)[-1].removesuffix("Rewritten answer:").strip(), prompt)
-
-    teacher, judge = ScriptedServer(["ok"], rewrite), ScriptedServer(["ok"], verdict_for)
-    with serve(teacher.app) as teacher_url, serve(judge.app) as judge_url:
+    # Both servers refuse (401) any request without the sentinel key.
+    env = {**python_env(), "GENZ_SENTINEL_KEY": sentinel}
+    keyed = ("--api-key-env", "GENZ_SENTINEL_KEY")
+    with served("rules", *keyed, env=env) as teacher_url, served("judge", *keyed, env=env) as judge_url:
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["generate"].update(
             teacher="openai", model="teacher", base_url=teacher_url, api_key_env="GENZ_SENTINEL_KEY"
@@ -167,16 +161,13 @@ def test_a_sentinel_key_never_lands_in_the_repo(repo: Path) -> None:
         params["evaluate"]["llm"].update(model="judge", base_url=judge_url, api_key_env="GENZ_SENTINEL_KEY")
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         proc = subprocess.run(
-            ["dvc", "repro"],
-            cwd=repo,
-            env={**python_env(), "GENZ_SENTINEL_KEY": sentinel},
-            capture_output=True,
-            text=True,
-            timeout=1200,
+            ["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1200
         )
+        seen = [server_stats(teacher_url), server_stats(judge_url)]
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert ran(proc.stdout) == STAGES[1:]
-    assert teacher.auth == judge.auth == {f"Bearer {sentinel}"}  # the key was really used
+    # the key was really used: every request carried it, none was refused
+    assert all(s["answered"] == s["requests"] > 0 and "unauthorized" not in s for s in seen), seen
     assert sentinel not in proc.stdout + proc.stderr
     files = [p for p in repo.rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(files) > 50 and any(".dvc/cache" in str(p) for p in files)

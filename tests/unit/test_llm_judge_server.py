@@ -4,10 +4,14 @@ tests/stages/test_fault_matrix.py)."""
 import json
 from pathlib import Path
 
-from genz_speak.config import LLMJudgeConfig
+import pytest
+
+from genz_speak.config import EvaluateConfig, LLMJudgeConfig
+from genz_speak.errors import StageFailed
+from genz_speak.judges.evaluate import check_judgements
 from genz_speak.judges.llm import LLMJudge
 from genz_speak.serve import judge_verdict
-from tests.conftest import served, server_stats
+from tests.conftest import python_env, served, server_stats
 
 ITEMS = [
     (f"Question {i}?", ("ngl it's true fr" if i % 2 else "It is true."), "It is true.") for i in range(12)
@@ -80,3 +84,29 @@ def test_reference_guided_shows_the_reference(tmp_path: Path) -> None:
 def test_stand_in_judge_scores_slang() -> None:
     assert judge_verdict("ngl it's true fr")["genz_style"] == 9
     assert judge_verdict("It is true, from the French.")["genz_style"] == 1  # "fr" only as a word
+
+
+def test_too_many_failed_judgements_fail_the_stage() -> None:
+    cfg = EvaluateConfig()  # evaluate.llm.max_failed_fraction: 0.1
+    check_judgements(cfg, 0, 80, [])
+    check_judgements(cfg, 8, 80, ["HTTP 503"] * 8)  # 10%: kept, and counted in the report
+    with pytest.raises(StageFailed, match=r"9 of 80 LLM judgements failed \(over evaluate.llm.max_failed"):
+        check_judgements(cfg, 9, 80, ["APITimeoutError: Request timed out."] * 9)
+    lenient = EvaluateConfig(llm=LLMJudgeConfig(max_failed_fraction=1.0))
+    check_judgements(lenient, 79, 80, ["x"] * 79)
+    with pytest.raises(StageFailed, match=r"80 of 80 LLM judgements failed \(all of them\).*80 x boom"):
+        check_judgements(lenient, 80, 80, ["boom"] * 80)
+
+
+def test_a_wrong_key_is_refused_and_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**python_env(), "GENZ_SERVER_KEY": "sk-right"}
+    with served("judge", "--api-key-env", "GENZ_SERVER_KEY", env=env) as url:
+        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-wrong")
+        judge = LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl")
+        out = judge.judge(ITEMS[:2])
+        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-right")
+        right = LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl").judge(ITEMS[:2])
+        stats = server_stats(url)
+    assert all("AuthenticationError 401" in (j.error or "") for j in out)
+    assert [j.error for j in right] == [None, None]
+    assert stats == {"requests": 2, "unauthorized": 2, "answered": 2}
