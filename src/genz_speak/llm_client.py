@@ -241,7 +241,11 @@ def call_with_retries(fn: Callable[[], R], max_retries: int, initial_wait: float
                     raise
         return CallResult(value, None, attempts - 1, dict(faults))
     except RETRYABLE as err:
-        return CallResult(None, f"{type(err).__name__}: {err}"[:300], attempts - 1, dict(faults))
+        error = f"{type(err).__name__}: {err}"
+        if isinstance(err, openai.APIConnectionError) and err.__cause__ is not None:
+            # "Connection error." alone does not tell a reset from a body cut short.
+            error += f" ({type(err.__cause__).__name__}: {err.__cause__})"
+        return CallResult(None, error[:300], attempts - 1, dict(faults))
     except openai.APIStatusError as err:  # 4xx other than 429: retrying will not help
         error = f"{type(err).__name__} {err.status_code}: {err.message}"[:300]
         return CallResult(None, error, attempts - 1, dict(faults))
