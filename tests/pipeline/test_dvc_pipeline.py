@@ -173,3 +173,45 @@ def test_a_sentinel_key_never_lands_in_the_repo(repo: Path) -> None:
     assert len(files) > 50 and any(".dvc/cache" in str(p) for p in files)
     assert [p for p in files if sentinel.encode() in p.read_bytes()] == []
     assert os.environ.get("GENZ_SENTINEL_KEY") is None
+
+
+def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
+    """README's "When things go wrong", checked (issue 15, defect 9: it said a stage stopped by bad params
+    leaves its outputs untouched; under `dvc repro` DVC has removed them before the stage starts)."""
+    committed = (repo / "params.yaml").read_text()
+    # A key given twice: DVC refuses the file before running anything, so nothing is removed.
+    (repo / "params.yaml").write_text(committed + "plot:\n  dpi: 99\n")
+    refused = subprocess.run(["dvc", "repro"], cwd=repo, env=python_env(), capture_output=True, text=True)
+    assert refused.returncode != 0 and "duplicate key" in refused.stderr
+    assert (repo / "metrics/generate.json").is_file()
+
+    set_param(repo, "generate", "max_retries", -1)
+    failed = subprocess.run(
+        ["dvc", "repro"], cwd=repo, env=python_env(), capture_output=True, text=True, timeout=600
+    )
+    assert failed.returncode != 0
+    assert "params.yaml: generate.max_retries: Input should be greater than or equal to 0" in failed.stderr
+    # DVC removed the failed stage's outputs, cached or not, before its command ran ...
+    for out in ("data/generate/genz_dataset.jsonl", "data/generate/rejects.jsonl", "metrics/generate.json"):
+        assert not (repo / out).exists(), out
+    # ... and nothing else: the caches under .cache/ and the other stages' outputs are all there.
+    assert (repo / ".cache/generate.jsonl").is_file() and (repo / ".cache/answers.jsonl").is_file()
+    assert (repo / "models/train").is_dir() and (repo / "metrics/evaluate.json").is_file()
+
+    (repo / "params.yaml").write_text(committed)
+    sh(repo, "dvc", "checkout", "generate")  # the DVC-cached outputs dvc.lock records come back
+    assert (repo / "data/generate/genz_dataset.jsonl").is_file()
+    assert not (repo / "metrics/generate.json").exists()  # cache: false, so not in DVC's cache ...
+    sh(repo, "git", "checkout", "--", "metrics/generate.json")  # ... but committed to git
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
+
+
+def test_pull_from_a_remote_nobody_pushed_to_brings_nothing(repo: Path, tmp_path: Path) -> None:
+    """`dvc pull` then `dvc repro` has nothing to do only where the committed outputs were pushed to the
+    remote the clone points at (README, "DVC workflows")."""
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "-d", "storage", str(tmp_path / "empty-remote"))
+    pull = subprocess.run(["dvc", "pull"], cwd=clone, env=python_env(), capture_output=True, text=True)
+    assert pull.returncode != 0 and not (clone / "models/merge").exists()
+    assert "Data and pipelines are up to date" not in sh(clone, "dvc", "status")
