@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,6 +143,20 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` into place as `out`, replacing it; its files first get the mode a
+    new file gets here (some writers, safetensors among them, create theirs 0600)."""
+    fd, probe = _create_temporary(tmp / "mode")
+    os.close(fd)
+    mode = stat.S_IMODE(os.stat(probe).st_mode)
+    os.unlink(probe)
+    for p in tmp.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(mode)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

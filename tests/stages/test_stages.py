@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,23 @@ def test_evaluate_contract(evaluated: Path) -> None:
     assert m["style_classifier"]["heldout_accuracy"] >= 0.7
     assert m["groups"]["train"]["style"]["mean"] > m["groups"]["base"]["style"]["mean"]
     assert "| Gen (fine-tuned answers) |" in (evaluated / "metrics/report.md").read_text()
+
+
+def test_outputs_get_the_mode_of_any_new_file(evaluated: Path) -> None:
+    """Issue 15, defect 6: every output was 0600 whatever the umask (atomic_open's mkstemp, and
+    safetensors' own writer for the model folders), unreadable to a team sharing a checkout or a cache."""
+    umask = os.umask(0)
+    os.umask(umask)
+    wanted = 0o666 & ~umask
+    files = [
+        p
+        for folder in ("data", "models", "metrics", "dvclive")
+        for p in (evaluated / folder).rglob("*")
+        if p.is_file() and not p.is_symlink()
+    ]
+    assert any(p.name == "model.safetensors" for p in files) and len(files) > 20
+    modes = {str(p.relative_to(evaluated)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert {f: m for f, m in modes.items() if m != oct(wanted)} == {}
 
 
 def test_plot_contract(evaluated: Path) -> None:

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from genz_speak.io import AppendLog, atomic_open, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl
+from genz_speak.io import (
+    AppendLog,
+    atomic_open,
+    read_jsonl,
+    read_jsonl_tolerant,
+    replace_dir,
+    write_json,
+    write_jsonl,
+)
 
 
 def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:
@@ -68,3 +76,24 @@ def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, mode: int) -
         os.umask(old)
     for name in ("rows.jsonl", "m.json", "model.bin"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_replace_dir_gives_files_the_umask_mode_and_replaces(tmp_path: Path) -> None:
+    out, tmp = tmp_path / "model", tmp_path / "model.tmp"
+    (out / "old").mkdir(parents=True)
+    (tmp / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "sub/config.json"):
+        fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT, 0o600)  # as safetensors creates its files
+        os.close(fd)
+    old = os.umask(0o022)
+    try:
+        replace_dir(tmp, out)
+    finally:
+        os.umask(old)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "model.safetensors",
+        "sub",
+        "sub/config.json",
+    ]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()} == {0o644}
+    assert not tmp.exists()
