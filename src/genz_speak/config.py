@@ -79,7 +79,7 @@ class ValidationConfig:
     # A rewrite may always be this long: restyling a short answer ("2018", a name) takes a sentence or two.
     max_length_floor: NonNegInt = 400
     keep_numbers: bool = True
-    keep_entities: bool = False
+    keep_entities: bool = True
     max_echo_similarity: Fraction = 0.98
 
 
@@ -227,8 +227,9 @@ class MergeConfig:
 # ---------------------------------------------------------------------------------------------- evaluate
 @dataclass(config=_STRICT)
 class OfflineJudgeConfig:
-    encoder: str = EMBEDDED_ENCODER
-    max_perplexity: Annotated[float, Field(gt=1.0)] = 1000.0
+    encoder: str = EMBEDDED_ENCODER  # sentence encoder: relevance and coverage
+    lm: str = EMBEDDED_STUDENT  # causal LM whose early hidden states are the style model's first view
+    lm_layers: PositiveInt = 6  # how many of its layers run (the state after them is the feature)
 
 
 @dataclass(config=_STRICT)
@@ -236,7 +237,7 @@ class LLMJudgeConfig:
     model: str = "gpt-5-mini"
     base_url: HttpURL | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    reference_guided: bool = False
+    reference_guided: bool = True
     json_schema: bool = True
     price_in_per_mtok: Annotated[float, Field(ge=0.0)] = 0.25  # USD per million tokens, for the cost estimate
     price_out_per_mtok: Annotated[float, Field(ge=0.0)] = 2.0

@@ -134,6 +134,23 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
     }
 
 
+def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM for the offline judge (float32, eval): the embedded student, a local folder or a hub id.
+    The judge's own model, whatever the run's student is, so its scores compare across experiments."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == EMBEDDED_STUDENT:
+        folder: str | Path = embedded_student_dir()
+        kwargs = {"gguf_file": EMBEDDED_GGUF}
+    else:
+        folder, kwargs = name, {}
+    tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype("float32"), **kwargs)
+    return model.to(device()).eval(), tok
+
+
 def load_tokenizer(path: str | Path, padding_side: str = "right") -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 

@@ -60,7 +60,11 @@ def write_params(workdir: Path, url: str, **generate: Any) -> None:
     params["generate"]["sampling"].update(max_new_tokens=8)
     # The tiny random model writes noise: only the stage's bookkeeping is under test here.
     params["generate"]["validation"].update(
-        min_chars=1, keep_numbers=False, max_echo_similarity=1.0, max_length_ratio=100.0
+        min_chars=1,
+        keep_numbers=False,
+        keep_entities=False,
+        max_echo_similarity=1.0,
+        max_length_ratio=100.0,
     )
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 

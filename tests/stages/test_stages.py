@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from genz_speak.io import read_jsonl
+from genz_speak.judges import CRITERIA
 from tests.conftest import ROOT, python_env, run_stage, served, server_stats, stage_command, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -160,7 +161,7 @@ def test_evaluate_contract(evaluated: Path) -> None:
     assert "| Gen (fine-tuned answers) |" in (evaluated / "metrics/report.md").read_text()
 
 
-def test_outputs_get_the_mode_of_any_new_file(evaluated: Path) -> None:
+def test_outputs_get_the_mode_of_any_new_file(merged: Path) -> None:
     """Issue 15, defect 6: every output was 0600 whatever the umask (atomic_open's mkstemp, and
     safetensors' own writer for the model folders), unreadable to a team sharing a checkout or a cache."""
     umask = os.umask(0)
@@ -169,11 +170,11 @@ def test_outputs_get_the_mode_of_any_new_file(evaluated: Path) -> None:
     files = [
         p
         for folder in ("data", "models", "metrics", "dvclive")
-        for p in (evaluated / folder).rglob("*")
+        for p in (merged / folder).rglob("*")
         if p.is_file() and not p.is_symlink()
     ]
     assert any(p.name == "model.safetensors" for p in files) and len(files) > 20
-    modes = {str(p.relative_to(evaluated)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    modes = {str(p.relative_to(merged)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert {f: m for f, m in modes.items() if m != oct(wanted)} == {}
 
 
@@ -186,7 +187,7 @@ def test_plot_contract(evaluated: Path) -> None:
 
 
 def evaluate_against(
-    merged: Path, out: Path, url: str, judge: str = "both", secret: str = "unused", **llm: Any
+    merged: Path, out: Path, url: str, judge: str, secret: str = "unused", **llm: Any
 ) -> subprocess.CompletedProcess[str]:
     """The evaluate stage with the LLM judge at `url`, its outputs and caches under `out`."""
     params = yaml.safe_load((merged / "params.yaml").read_text())
@@ -199,6 +200,7 @@ def evaluate_against(
     cmd = stage_command(
         "evaluate",
         str(out / "params.yaml"),
+        corpus=ROOT / "data/genz_corpus.jsonl",
         out_dir=out / "eval",
         judge_cache=out / "judge.jsonl",
         metrics=out / "m.json",
@@ -208,37 +210,26 @@ def evaluate_against(
     return subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path: Path) -> None:
+def test_evaluate_with_the_llm_judge_against_a_real_server(merged: Path, tmp_path: Path) -> None:
     secret = "sk-test-never-logged-0123456789"
     faults = ("--fault-first", "1", "--faults", "429,500,prose,badrange", "--retry-after", "0")
     with served("judge", *faults) as url:
-        first = evaluate_against(merged, tmp_path, url, secret=secret)
+        first = evaluate_against(merged, tmp_path, url, judge="openai", secret=secret)
         assert first.returncode == 0, first.stderr[-3000:]
         m = json.loads((tmp_path / "m.json").read_text())
         stats = server_stats(url)
-        assert m["llm_judge"]["judgements"] == 48 and m["llm_judge"]["failed"] == 0
+        usage = m["llm"]["usage"]
+        assert usage["judgements"] == 48 and usage["failed"] == 0
         # each distinct (question, answer) pair asked once, its first request faulted
-        assert m["llm_judge"]["requests"] == stats["requests"] == 2 * stats["answered"]
-        assert sum(m["llm_judge"]["faults"].values()) == stats["answered"]
-        assert set(m["agreement_spearman"]) == {
-            "style_vs_genz_style",
-            "content_vs_helpfulness",
-            "fluency_vs_coherence",
-        }
-        assert set(m["groups"]["gen"]) == {
-            "style",
-            "content",
-            "fluency",
-            "genz_style",
-            "helpfulness",
-            "coherence",
-        }
-        assert "LLM judge: 0 of 48 judgements failed" in (tmp_path / "r.md").read_text()
-        second = evaluate_against(merged, tmp_path, url, secret=secret)
+        assert usage["requests"] == stats["requests"] == 2 * stats["answered"]
+        assert sum(usage["faults"].values()) == stats["answered"]
+        assert set(m["llm"]["groups"]["gen"]) == set(CRITERIA)
+        assert "48 judgements, 0 failed" in (tmp_path / "r.md").read_text()
+        second = evaluate_against(merged, tmp_path, url, judge="openai", secret=secret)
         assert second.returncode == 0, second.stderr[-3000:]
         assert server_stats(url)["requests"] == stats["requests"]  # cached: no request on the second run
         m2 = json.loads((tmp_path / "m.json").read_text())
-        assert (m2["llm_judge"]["requests"], m2["llm_judge"]["cached"]) == (0, 48)
+        assert (m2["llm"]["usage"]["requests"], m2["llm"]["usage"]["cached"]) == (0, 48)
     for text in (
         first.stdout,
         first.stderr,
@@ -271,9 +262,9 @@ def test_evaluate_fails_when_the_judge_fails(merged: Path, tmp_path: Path) -> No
             merged, tmp_path / "lenient", url, judge="openai", max_retries=0, max_failed_fraction=0.5
         )
     assert lenient.returncode == 0, lenient.stderr[-3000:]
-    failed = json.loads((tmp_path / "lenient/m.json").read_text())["llm_judge"]["failed"]
+    failed = json.loads((tmp_path / "lenient/m.json").read_text())["llm"]["usage"]["failed"]
     assert 0 < failed < 48
-    assert f"LLM judge: {failed} of 48 judgements failed" in (tmp_path / "lenient/r.md").read_text()
+    assert f"48 judgements, {failed} failed" in (tmp_path / "lenient/r.md").read_text()
 
 
 def test_qlora_4bit_train_then_merge_onto_16bit_base(generated: Path, tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_reference_guided_shows_the_reference(tmp_path: Path) -> None:
     record = tmp_path / "requests.jsonl"
     with served("judge", "--record", str(record)) as url:
         LLMJudge(judge_cfg(url, reference_guided=True), tmp_path / "j.jsonl").judge(ITEMS[:1])
-        LLMJudge(judge_cfg(url), tmp_path / "k.jsonl").judge(ITEMS[:1])
+        LLMJudge(judge_cfg(url, reference_guided=False), tmp_path / "k.jsonl").judge(ITEMS[:1])
     seen = [json.loads(line)["messages"][-1]["content"] for line in record.read_text().splitlines()]
     assert len(seen) == 2
     assert "reference answer" in seen[0] and "reference answer" not in seen[1]

@@ -40,7 +40,7 @@ def test_validation_reasons() -> None:
         check(SRC, "", "ngl the Eiffel Tower dropped in 1889, hella tall fr", cfg) == "lost numbers: ['330']"
     )
     lost = check(SRC, "", "ngl the tower dropped in 1889 and it's 330 metres, iconic", cfg)
-    assert lost == "lost names: ['Eiffel', 'Tower']"
+    assert lost == "lost names: ['Eiffel']"  # 'tower' is there, lowercased
     assert (
         check("Numbers like 1,000 count.", "", "ngl numbers like 1000 count fr", ValidationConfig()) is None
     )
@@ -74,3 +74,41 @@ def test_numbers_side_by_side_stay_apart() -> None:
     assert numbers("in 2018 100 people came") == {"2018", "100"}
     assert numbers("between 5 and 10 000") == {"5", "10000"}
     assert numbers("pi is 3.14") == {"3.14"}
+
+
+def test_stylize_keeps_every_number_and_name_of_the_shipped_questions() -> None:
+    """Over the whole shipped question set: every number and every capitalised word of the source is in the
+    rewrite (a capitalised word only changes case when it starts the answer and is an ordinary word), and
+    the rewrite passes validation with keep_entities on."""
+    import re
+
+    from genz_speak.data.questions import validate_row
+    from genz_speak.io import read_jsonl
+    from genz_speak.teachers.rules import _COMMON_STARTS
+    from genz_speak.teachers.validate import numbers
+    from tests.conftest import ROOT
+
+    rows = read_jsonl(ROOT / "data/questions.jsonl", check=validate_row)
+    assert len(rows) == 209
+    for row in rows:
+        src = row["response"]
+        out = stylize(src, row["id"])
+        assert numbers(src) <= numbers(out), (src, out)
+        for word in set(re.findall(r"\b[A-Z][\w'-]*", src)):
+            if word not in out:
+                assert src.startswith(word) and word.lower() in _COMMON_STARTS, (word, src, out)
+        assert check(src, "", out, ValidationConfig()) is None, out
+
+
+def test_swaps_leave_names_alone() -> None:
+    out = stylize("The Great Barrier Reef is very great. Great Britain has good food.", "q-9")
+    assert "Great Barrier Reef" in out and "Great Britain" in out
+    assert "hella elite" in out and "solid food" in out
+
+
+def test_names_are_kept_in_any_case() -> None:
+    src = "Pride and Prejudice was written by Jane Austen in 1813."
+    assert check(src, "", "jane austen wrote pride and prejudice in 1813 fr", ValidationConfig()) is None
+    assert check(src, "", "charlotte bronte wrote pride and prejudice in 1813", ValidationConfig()) == (
+        "lost names: ['Austen', 'Jane']"
+    )

@@ -3,8 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from genz_speak.judges.offline import fluency
-from genz_speak.reports.stats import bootstrap_ci, spearman, summarize
+from genz_speak.reports.stats import paired_difference, spearman, summarize
 
 
 def test_summarize_matches_hand_computation() -> None:
@@ -22,15 +21,41 @@ def test_summarize_ignores_failed_judgements_and_handles_empty() -> None:
     assert summarize([None], 100, 0) == {"mean": None, "std": None, "n": 0, "ci_low": None, "ci_high": None}
 
 
-def test_bootstrap_of_a_constant_is_the_constant() -> None:
-    assert bootstrap_ci(np.array([0.3] * 7), 200, 1) == pytest.approx((0.3, 0.3))
+def test_interval_of_a_constant_is_the_constant() -> None:
+    s = summarize([0.3] * 7, 200, 1)
+    assert (s["ci_low"], s["ci_high"]) == (0.3, 0.3)
 
 
-def test_bootstrap_interval_narrows_with_n() -> None:
+def test_interval_narrows_with_n() -> None:
     rng = np.random.default_rng(0)
-    small = bootstrap_ci(rng.random(10), 2000, 0)
-    large = bootstrap_ci(rng.random(1000), 2000, 0)
-    assert large[1] - large[0] < (small[1] - small[0]) / 3
+    small = summarize(list(rng.random(10)), 2000, 0)
+    large = summarize(list(rng.random(1000)), 2000, 0)
+    assert large["ci_high"] - large["ci_low"] < (small["ci_high"] - small["ci_low"]) / 3
+
+
+def test_interval_by_hand() -> None:
+    # Resampling [0, 1] twice gives means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and 97.5%
+    # quantiles are exactly 0 and 1.
+    s = summarize([0.0, 1.0], 4000, 0)
+    assert (s["mean"], s["std"], s["n"], s["ci_low"], s["ci_high"]) == (0.5, 0.5, 2, 0.0, 1.0)
+
+
+def test_paired_difference_keeps_pairs_together() -> None:
+    # Every question improves by exactly 0.2, however different the questions are from each other: a paired
+    # interval is the point 0.2, where an unpaired comparison of the two means would be wide.
+    base = [0.0, 0.3, 0.5, 0.7, 0.1, 0.6]
+    gen = [b + 0.2 for b in base]
+    d = paired_difference(gen, base, 2000, 0)
+    assert d == {"mean": 0.2, "n": 6, "ci_low": 0.2, "ci_high": 0.2}
+    wide = summarize(gen, 2000, 0)
+    assert wide["ci_high"] - wide["ci_low"] > 0.2
+
+
+def test_paired_difference_skips_unscored_pairs_and_brackets_the_mean() -> None:
+    d = paired_difference([1.0, None, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 0.0, None], 2000, 0)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.5, abs=1e-4)
+    assert d["ci_low"] <= d["mean"] <= d["ci_high"]
+    assert paired_difference([None], [1.0], 100, 0) == {"mean": None, "n": 0, "ci_low": None, "ci_high": None}
 
 
 def test_spearman_by_hand() -> None:
@@ -38,18 +63,3 @@ def test_spearman_by_hand() -> None:
     assert spearman([1, 2, 3, 4, 5], [20, 10, 40, 30, 50]) == 0.8
     assert spearman([1, 2, None, 4], [1, 2, 3, 4]) == 1.0
     assert spearman([1, 2], [1, 2]) is None
-
-
-def test_fluency_mapping() -> None:
-    assert fluency(1.0, 1000.0) == 1.0
-    assert fluency(1000.0, 1000.0) == 0.0
-    assert fluency(10.0, 1000.0) == pytest.approx(2 / 3)
-    assert fluency(1e9, 1000.0) == 0.0
-
-
-def test_bootstrap_interval_by_hand() -> None:
-    # Resampling [0, 1] twice gives means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and 97.5%
-    # quantiles are exactly 0 and 1.
-    assert bootstrap_ci(np.array([0.0, 1.0]), 4000, 0) == (0.0, 1.0)
-    s = summarize([0.0, 1.0], 4000, 0)
-    assert (s["mean"], s["std"], s["n"], s["ci_low"], s["ci_high"]) == (0.5, 0.5, 2, 0.0, 1.0)

@@ -9,7 +9,8 @@ import pytest
 
 from genz_speak.config import GenerateConfig, LLMJudgeConfig, Params, parse
 from genz_speak.errors import InputError
-from genz_speak.judges.llm import LLM_CRITERIA, LLMJudge
+from genz_speak.judges import CRITERIA
+from genz_speak.judges.llm import LLMJudge
 from genz_speak.serve import judge_verdict
 from genz_speak.teachers.base import build_messages
 from tests.conftest import served
@@ -51,6 +52,6 @@ def test_answers_that_look_like_verdicts_do_not_steer_the_judge(tmp_path: Path) 
         verdicts = judge.judge([("Q {0}?", text, "ref }{") for text in HOSTILE])
         judge.close()
     assert [v.error for v in verdicts] == [None] * len(HOSTILE)
-    expected = [{c: judge_verdict(text)[c] / 10 for c in LLM_CRITERIA} for text in HOSTILE]
+    expected = [{c: judge_verdict(text)[c] / 10 for c in CRITERIA} for text in HOSTILE]
     assert [v.scores for v in verdicts] == expected
     assert all(v.scores["helpfulness"] == 0.6 and v.scores["coherence"] == 0.7 for v in verdicts)

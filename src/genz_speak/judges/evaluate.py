@@ -12,10 +12,11 @@ from typing import Any
 from genz_speak.config import EvaluateConfig
 from genz_speak.data.chat import user_message
 from genz_speak.errors import StageFailed
-from genz_speak.generation import ChatGenerator
 from genz_speak.io import AppendLog, atomic_open, read_jsonl_tolerant, write_jsonl
-from genz_speak.judges.offline import CRITERIA, OfflineJudge
-from genz_speak.reports.stats import spearman, summarize
+from genz_speak.judges import CRITERIA
+from genz_speak.judges import text as T
+from genz_speak.judges.offline import Item
+from genz_speak.reports.stats import paired_difference, spearman, summarize
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ GROUPS = {
     "gen": "Gen (fine-tuned answers)",
     "train": "Train (teacher outputs)",
 }
-# Which LLM criterion each offline criterion is held to.
-AGREEMENT = {"style": "genz_style", "content": "helpfulness", "fluency": "coherence"}
+ANSWER_GROUPS = ("base_model", "gen", "train")  # groups of real answers (surface statistics apply)
+PAIRED = ("gen", "base_model")  # the fine-tuning effect: the same questions answered by both models
 
 
 def _questions(
@@ -40,16 +41,16 @@ def _questions(
 
 def answer(
     cfg: EvaluateConfig, model_dir: Path, questions: list[dict[str, Any]], cache_path: Path
-) -> tuple[ChatGenerator, list[str]]:
-    """Greedy answers from the model in `model_dir` (kept loaded: the base model also scores fluency).
+) -> list[str]:
+    """Greedy answers from the model in `model_dir`.
 
     Questions go in fixed batches (sorted by length, so each pads little) and every finished batch is
     appended to `cache_path`: a killed run resumes at the first unfinished batch, and since a batch is
     the same batch either way, resumed answers equal uninterrupted ones.
     """
+    from genz_speak.generation import ChatGenerator
     from genz_speak.models import inference_dtype, model_fingerprint
 
-    gen = ChatGenerator(model_dir, dtype=inference_dtype(model_dir))
     settings = json.dumps([model_fingerprint(model_dir), cfg.max_new_tokens, cfg.repetition_penalty])
 
     def key(q: dict[str, Any]) -> str:
@@ -60,18 +61,20 @@ def answer(
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     todo = [b for b in batches if not all(key(questions[i]) in cached for i in b)]
     log.info("answers from %s: %d of %d batches cached", model_dir, len(batches) - len(todo), len(batches))
-    with AppendLog(cache_path) as log_file:
-        for batch in todo:
-            outs = gen.generate(
-                [[{"role": "user", "content": user_message(questions[i])}] for i in batch],
-                max_new_tokens=cfg.max_new_tokens,
-                repetition_penalty=cfg.repetition_penalty,
-                batch_size=len(batch),
-            )
-            for i, out in zip(batch, outs, strict=True):
-                cached[key(questions[i])] = out.text
-                log_file.write({"key": key(questions[i]), "id": questions[i]["id"], "text": out.text})
-    return gen, [cached[key(q)] for q in questions]
+    if todo:
+        gen = ChatGenerator(model_dir, dtype=inference_dtype(model_dir))
+        with AppendLog(cache_path) as log_file:
+            for batch in todo:
+                outs = gen.generate(
+                    [[{"role": "user", "content": user_message(questions[i])}] for i in batch],
+                    max_new_tokens=cfg.max_new_tokens,
+                    repetition_penalty=cfg.repetition_penalty,
+                    batch_size=len(batch),
+                )
+                for i, out in zip(batch, outs, strict=True):
+                    cached[key(questions[i])] = out.text
+                    log_file.write({"key": key(questions[i]), "id": questions[i]["id"], "text": out.text})
+    return [cached[key(q)] for q in questions]
 
 
 def build_records(
@@ -93,6 +96,8 @@ def build_records(
                     "category": q["category"],
                     "group": group,
                     "question": user_message(q),
+                    "instruction": q["instruction"],
+                    "context": q["context"],
                     "reference": q["response"],
                     "text": text,
                 }
@@ -100,32 +105,113 @@ def build_records(
     return records
 
 
-def summarize_groups(
-    cfg: EvaluateConfig, records: list[dict[str, Any]], criteria: list[str]
-) -> dict[str, Any]:
-    return {
+def judge_summary(cfg: EvaluateConfig, records: list[dict[str, Any]], judge: str) -> dict[str, Any]:
+    """Per group and criterion: mean, std, n and 95% interval; and the paired Gen - Base model
+    difference per criterion over the questions both answered."""
+
+    def scores(group: str, c: str) -> dict[str, float | None]:
+        return {r["id"]: (r.get(judge) or {}).get(c) for r in records if r["group"] == group}
+
+    groups = {
         group: {
-            c: summarize([r.get(c) for r in records if r["group"] == group], cfg.bootstrap_samples, cfg.seed)
-            for c in criteria
+            c: summarize(list(scores(group, c).values()), cfg.bootstrap_samples, cfg.seed) for c in CRITERIA
         }
         for group in GROUPS
     }
+    paired = {}
+    for c in CRITERIA:
+        gen, base = scores(PAIRED[0], c), scores(PAIRED[1], c)
+        ids = sorted(gen.keys() & base.keys())
+        paired[c] = paired_difference(
+            [gen[i] for i in ids], [base[i] for i in ids], cfg.bootstrap_samples, cfg.seed
+        )
+    return {"groups": groups, "paired": paired}
 
 
-def report_table(groups: dict[str, Any], criteria: list[str]) -> str:
-    head = "| group | " + " | ".join(criteria) + " |\n|---|" + "---|" * len(criteria) + "\n"
-    rows = []
-    for group, label in GROUPS.items():
-        cells = []
-        for c in criteria:
-            s = groups[group][c]
-            cells.append(
-                "–"
-                if s["mean"] is None
-                else f"{s['mean']:.2f} ± {s['std']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] (n={s['n']})"
+def surface(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a template-learning model gives away without any judge: the share of distinct opening
+    trigrams, the share of answers with emoji, and the mean length, per group of answers."""
+    out = {}
+    for group in ANSWER_GROUPS:
+        texts = [r["text"] for r in records if r["group"] == group]
+        if not texts:
+            continue
+        out[group] = {
+            "n": len(texts),
+            "distinct_openings": len({T.opening(t) for t in texts}),
+            "distinct_opening_share": round(len({T.opening(t) for t in texts}) / len(texts), 4),
+            "emoji_share": round(sum(T.has_emoji(t) for t in texts) / len(texts), 4),
+            "mean_words": round(sum(len(T.words(t)) for t in texts) / len(texts), 1),
+        }
+    return out
+
+
+def report(metrics: dict[str, Any]) -> str:
+    """metrics/report.md: per judge the group table and the paired difference, then surface statistics."""
+    lines = [f"# genz-speak evaluation\n\n{metrics['questions']} questions (held-out + validation).\n"]
+    for judge in metrics["judges"]:
+        m = metrics[judge]
+        title = "Offline judge" if judge == "offline" else f"LLM judge ({m['usage']['model']})"
+        lines += [
+            f"## {title}\n",
+            "| group | " + " | ".join(CRITERIA) + " |",
+            "|---|" + "---|" * len(CRITERIA),
+        ]
+        for group, label in GROUPS.items():
+            cells = []
+            for c in CRITERIA:
+                s = m["groups"][group][c]
+                cells.append(
+                    "–"
+                    if s["mean"] is None
+                    else f"{s['mean']:.2f} ± {s['std']:.2f} "
+                    f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] (n={s['n']})"
+                )
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Gen − Base model, paired over the same questions (95% bootstrap interval):\n",
+            "| criterion | difference | interval | n |",
+            "|---|---|---|---|",
+        ]
+        for c, d in m["paired"].items():
+            if d["mean"] is None:
+                lines.append(f"| {c} | – | – | 0 |")
+            else:
+                lines.append(
+                    f"| {c} | {d['mean']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['n']} |"
+                )
+        if judge == "offline":
+            acc = m["style_model"]["heldout_accuracy"]
+            lines.append(
+                "\nStyle model held-out accuracy on the corpus: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+                + f" ({m['style_model']['test_texts']} texts)."
             )
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows) + "\n"
+        else:
+            u = m["usage"]
+            lines.append(
+                f"\n{u['judgements']} judgements, {u['failed']} failed, {u['cached']} cached; "
+                f"{u['requests']} requests, about ${u['cost_usd']:.4f}."
+            )
+        lines.append("")
+    if "agreement_spearman" in metrics:
+        lines += [
+            "## Offline vs LLM judge (Spearman over every judged text)\n",
+            *(f"- {c}: {v}" for c, v in metrics["agreement_spearman"].items()),
+            "",
+        ]
+    lines += [
+        "## Surface statistics\n",
+        "| group | distinct opening trigrams | answers with emoji | mean words |",
+        "|---|---|---|---|",
+    ]
+    for group, s in metrics["surface"].items():
+        lines.append(
+            f"| {GROUPS[group]} | {s['distinct_openings']}/{s['n']} | {s['emoji_share']:.0%} "
+            f"| {s['mean_words']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def evaluate(
@@ -135,14 +221,15 @@ def evaluate(
     heldout: list[dict[str, Any]],
     validation: list[dict[str, Any]],
     dataset: list[dict[str, Any]],
+    corpus: list[dict[str, Any]],
     out_dir: Path,
     judge_cache: Path,
     answer_cache: Path,
 ) -> tuple[dict[str, Any], str]:
     """Write answers and per-answer scores under `out_dir`; return metrics and a markdown report."""
     questions = _questions(cfg, heldout, validation)
-    base_model, base_answers = answer(cfg, base_dir, questions, answer_cache)
-    _, gen_answers = answer(cfg, merged_dir, questions, answer_cache)
+    base_answers = answer(cfg, base_dir, questions, answer_cache)
+    gen_answers = answer(cfg, merged_dir, questions, answer_cache)
     records = build_records(questions, base_answers, gen_answers, {r["id"]: r["output"] for r in dataset})
     write_jsonl(
         out_dir / "answers.jsonl",
@@ -158,58 +245,58 @@ def evaluate(
             for q, b, g in zip(questions, base_answers, gen_answers, strict=True)
         ],
     )
-
-    metrics: dict[str, Any] = {"questions": len(questions), "judge": cfg.judge}
-    criteria: list[str] = []
+    items = [Item(r["instruction"], r["context"], r["text"], r["reference"]) for r in records]
+    metrics: dict[str, Any] = {"questions": len(questions), "judges": []}
     if cfg.judge in ("offline", "both"):
-        judge = OfflineJudge(cfg.offline, dataset, base_model.model, base_model.tokenizer)
-        for rec, s in zip(
-            records, judge.score([r["text"] for r in records], [r["reference"] for r in records]), strict=True
-        ):
-            rec.update(s)
-        criteria += list(CRITERIA)
-        metrics["style_classifier"] = {
-            "heldout_accuracy": round(judge.classifier.heldout_accuracy, 4),
-            "train_texts": judge.classifier.train_rows,
-            "test_texts": judge.classifier.test_rows,
+        from genz_speak.judges.offline import OfflineJudge
+
+        judge = OfflineJudge(cfg.offline, corpus, exclude=frozenset(q["id"] for q in questions))
+        for rec, s in zip(records, judge.score(items), strict=True):
+            rec["offline"] = s
+        metrics["judges"].append("offline")
+        style = judge.style
+        metrics["offline"] = {
+            **judge_summary(cfg, records, "offline"),
+            "style_model": {
+                "heldout_accuracy": {k: round(v, 4) for k, v in style.heldout_accuracy.items()},
+                "train_texts": style.train_texts,
+                "test_texts": style.test_texts,
+            },
         }
     if cfg.judge in ("openai", "both"):
-        metrics["llm_judge"] = _llm_judge(cfg, records, judge_cache)
-        criteria += list(AGREEMENT.values())
-    metrics["groups"] = summarize_groups(cfg, records, criteria)
+        usage = _llm_judge(cfg, records, judge_cache)
+        metrics["judges"].append("llm")
+        metrics["llm"] = {**judge_summary(cfg, records, "llm"), "usage": usage}
     if cfg.judge == "both":
         metrics["agreement_spearman"] = {
-            f"{off}_vs_{llm}": spearman([r.get(off) for r in records], [r.get(llm) for r in records])
-            for off, llm in AGREEMENT.items()
+            c: spearman(
+                [(r.get("offline") or {}).get(c) for r in records],
+                [(r.get("llm") or {}).get(c) for r in records],
+            )
+            for c in CRITERIA
         }
-    write_jsonl(out_dir / "scores.jsonl", records)
-    report = "# genz-speak evaluation\n\n" + report_table(metrics["groups"], criteria)
-    if "llm_judge" in metrics:
-        judged = metrics["llm_judge"]
-        report += f"\nLLM judge: {judged['failed']} of {judged['judgements']} judgements failed\n"
-    if "style_classifier" in metrics:
-        report += (
-            f"\nStyle classifier held-out accuracy: {metrics['style_classifier']['heldout_accuracy']:.3f}\n"
-        )
-    return metrics, report
+    metrics["surface"] = surface(records)
+    write_jsonl(
+        out_dir / "scores.jsonl",
+        [{k: v for k, v in r.items() if k not in ("instruction", "context")} for r in records],
+    )
+    return metrics, report(metrics)
 
 
 def _llm_judge(cfg: EvaluateConfig, records: list[dict[str, Any]], cache: Path) -> dict[str, Any]:
-    from genz_speak.judges.llm import LLM_CRITERIA, LLMJudge
+    from genz_speak.judges.llm import LLMJudge
 
     judge = LLMJudge(cfg.llm, cache)
     verdicts = judge.judge([(r["question"], r["text"], r["reference"]) for r in records])
     judge.close()
     for rec, v in zip(records, verdicts, strict=True):
-        for c in LLM_CRITERIA:
-            rec[c] = v.scores[c] if v.scores else None
-        rec["rationale"] = v.rationale
+        rec["llm"] = {**(v.scores or dict.fromkeys(CRITERIA)), "rationale": v.rationale}
         if v.error:
-            rec["judge_error"] = v.error
+            rec["llm"]["error"] = v.error
     failed = sum(v.scores is None for v in verdicts)
     check_judgements(cfg, failed, len(verdicts), [v.error for v in verdicts if v.error])
     if failed:
-        log.warning("%d of %d judgements failed; see judge_error in scores.jsonl", failed, len(verdicts))
+        log.warning("%d of %d judgements failed; see llm.error in scores.jsonl", failed, len(verdicts))
     cost = (
         judge.tokens_in / 1e6 * cfg.llm.price_in_per_mtok
         + judge.tokens_out / 1e6 * cfg.llm.price_out_per_mtok

@@ -14,11 +14,13 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from genz_speak.config import LLMJudgeConfig
 from genz_speak.io import AppendLog, read_jsonl_tolerant
+from genz_speak.judges import CRITERIA
 from genz_speak.llm_client import (
     MalformedReply,
     call_with_retries,
@@ -30,19 +32,8 @@ from genz_speak.llm_client import (
 
 log = logging.getLogger(__name__)
 
-LLM_CRITERIA = ("genz_style", "helpfulness", "coherence")
-
-RUBRIC = (
-    "You are grading one answer written by a chat assistant. Score each criterion from 0 to 10:\n"
-    "- genz_style: how convincingly the answer uses Gen Z / internet-slang voice "
-    "(0 = plain formal prose, 10 = fluent, natural Gen Z voice).\n"
-    "- helpfulness: whether it answers the question and its facts are right "
-    "(0 = useless or wrong, 10 = complete and correct).\n"
-    "- coherence: whether it reads as clear, well-formed text (0 = gibberish, 10 = perfectly clear).\n"
-    "Judge each criterion on its own: slang neither earns nor costs helpfulness points.\n"
-    'Reply with JSON only: {"genz_style": int, "helpfulness": int, "coherence": int, '
-    '"rationale": "one short sentence"}.'
-)
+# The rubric every judge is held to (docs/judge_rubric.md explains it); sent word for word.
+RUBRIC = (resources.files("genz_speak.judges") / "rubric.txt").read_text(encoding="utf-8").strip()
 
 SCHEMA = {
     "name": "verdict",
@@ -50,10 +41,10 @@ SCHEMA = {
     "schema": {
         "type": "object",
         "properties": {
-            **{c: {"type": "integer", "minimum": 0, "maximum": 10} for c in LLM_CRITERIA},
+            **{c: {"type": "integer", "minimum": 0, "maximum": 10} for c in CRITERIA},
             "rationale": {"type": "string"},
         },
-        "required": [*LLM_CRITERIA, "rationale"],
+        "required": [*CRITERIA, "rationale"],
         "additionalProperties": False,
     },
 }
@@ -75,7 +66,7 @@ def parse_verdict(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadVerdict("verdict is not a JSON object")
     verdict: dict[str, Any] = {}
-    for c in LLM_CRITERIA:
+    for c in CRITERIA:
         v = data.get(c)
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 10:
             raise BadVerdict(f"verdict {c}={v!r} is not a number in [0, 10]")
@@ -111,7 +102,9 @@ class LLMJudge:
     def _messages(self, question: str, answer: str, reference: str | None) -> list[dict[str, str]]:
         user = f"Question:\n{question}\n\nAnswer to grade:\n{answer}"
         if reference is not None:
-            user += f"\n\nA correct reference answer (plain style):\n{reference}"
+            user += (
+                f"\n\nA correct reference answer (plain style; it says which facts are right):\n{reference}"
+            )
         return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
 
     def _ask(self, item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, str | None]:
@@ -169,7 +162,7 @@ class LLMJudge:
             else:
                 out.append(
                     Judgement(
-                        {c: rec[c] / 10.0 for c in LLM_CRITERIA}, rec["rationale"], None, key not in todo_keys
+                        {c: rec[c] / 10.0 for c in CRITERIA}, rec["rationale"], None, key not in todo_keys
                     )
                 )
         return out

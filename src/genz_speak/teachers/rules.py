@@ -47,7 +47,8 @@ CLOSERS = (
 ASIDES = ("(no cap)", "(fr)", "(deadass)", "(real)", "(iykyk)", "(it's true bestie)")
 EMOJI = ("🔥", "✨", "💀", "😭", "🙌", "💯", "👀")
 
-# Non-factual words only: swapping them never changes what the answer claims.
+# Non-factual words only: swapping them never changes what the answer claims. Only lowercase occurrences
+# are swapped: a capitalised one may be a name or part of one ("the Great Barrier Reef", "Good Friday").
 SWAPS = {
     "very": "hella",
     "really": "lowkey",
@@ -71,7 +72,7 @@ SWAPS = {
     "famous": "iconic",
     "helps": "lowkey helps",
 }
-_SWAP_RE = re.compile(r"\b(" + "|".join(sorted(SWAPS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+_SWAP_RE = re.compile(r"\b(" + "|".join(sorted(SWAPS, key=len, reverse=True)) + r")\b")
 
 
 _COMMON_WORDS = (
@@ -82,16 +83,10 @@ _COMMON_WORDS = (
 _COMMON_STARTS = frozenset(_COMMON_WORDS.split())
 
 
-def _swap(match: re.Match[str]) -> str:
-    word = match.group(0)
-    new = SWAPS[word.lower()]
-    return new[0].upper() + new[1:] if word[0].isupper() else new
-
-
 def stylize(text: str, key: str) -> str:
     """Rewrite `text` in Gen Z voice; `key` seeds the choices so the output is reproducible."""
     rng = random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16))
-    body = _SWAP_RE.sub(_swap, text.strip())
+    body = _SWAP_RE.sub(lambda m: SWAPS[m.group(0)], text.strip())
     if "\n" not in body:
         # One aside after the first sentence of a prose answer (poems and dialogues keep their lines).
         parts = re.split(r"(?<=[.!?])\s+", body, maxsplit=1)

@@ -26,7 +26,7 @@ from genz_speak.teachers.validate import check
 
 log = logging.getLogger(__name__)
 
-RULES_VERSION = "1"  # bump when the rules stylizer changes, so cached rewrites are not reused
+RULES_VERSION = "2"  # bump when the rules stylizer changes, so cached rewrites are not reused
 
 
 def cache_key(cfg: GenerateConfig, row: dict[str, Any]) -> str:

@@ -46,7 +46,9 @@ def check(source: str, prompt: str, output: str, cfg: ValidationConfig) -> str |
         if missing:
             return f"lost numbers: {sorted(missing)}"
     if cfg.keep_entities:
-        lost = {e for e in _ENTITY.findall(source) if e not in out}
+        # Case-insensitive: Gen Z rewrites often lowercase names ("jane austen"), which keeps the fact.
+        lowered = out.lower()
+        lost = {e for e in _ENTITY.findall(source) if e.lower() not in lowered}
         if lost:
             return f"lost names: {sorted(lost)}"
     return None
