@@ -1,10 +1,11 @@
 """generate: the teacher rewrites each train/validation answer in Gen Z voice, keeping the facts.
 
-    python stages/generate.py --data-dir data/prepare --out-dir data/generate \
-        --cache .cache/generate.jsonl --metrics metrics/generate.json
+    python stages/generate.py --data-dir data/prepare --corpus data/genz_corpus.jsonl \
+        --out-dir data/generate --cache .cache/generate.jsonl --metrics metrics/generate.json
 
-Reads `generate` from params.yaml and {train,validation,heldout}.jsonl from --data-dir (held-out rewrites
-are the "Train" reference in evaluation, never trained on). Writes
+Reads `generate` from params.yaml, {train,validation,heldout}.jsonl from --data-dir (held-out rewrites
+are the "Train" reference in evaluation, never trained on) and the hand-written Gen Z corpus (--corpus:
+the corpus teacher's rewrites, and the LLM teachers' few-shot exemplars). Writes
 genz_dataset.jsonl (id, split, category, instruction, context, source_response, output, teacher) and
 rejects.jsonl (id, split, reason) under --out-dir, and counts and speed to --metrics (requests, retries,
 faults and tokens of every run whose rows built the dataset; calls, time and endpoints of this run). Every
@@ -16,6 +17,7 @@ none left: exit status 1, and nothing written.
 from pathlib import Path
 
 from genz_speak import stage
+from genz_speak.data.corpus import read_corpus
 from genz_speak.data.dataset import read_split
 from genz_speak.teachers import build_teacher
 from genz_speak.teachers.run import generate
@@ -24,6 +26,7 @@ from genz_speak.teachers.run import generate
 def main() -> None:
     p = stage.parser(__doc__)
     p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
@@ -33,7 +36,8 @@ def main() -> None:
     splits = {
         name: read_split(args.data_dir / f"{name}.jsonl") for name in ("train", "validation", "heldout")
     }
-    generate(cfg, splits, build_teacher(cfg), args.out_dir, args.cache, args.metrics)
+    corpus = read_corpus(args.corpus)
+    generate(cfg, splits, build_teacher(cfg, corpus), args.out_dir, args.cache, args.metrics, corpus)
 
 
 if __name__ == "__main__":

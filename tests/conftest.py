@@ -26,6 +26,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# The project's own data files (tracked in git) that stages read.
+DATA_FILES = ("data/questions.jsonl", "data/genz_corpus.jsonl")
 
 
 def _has_cuda() -> bool:
@@ -165,7 +167,7 @@ def server_stats(url: str) -> dict[str, int]:
 
 def copy_project(dest: Path) -> None:
     """The files a clone of the project has (tracked sources), without outputs."""
-    for name in ("stages", "src", "dvc.yaml", "params.yaml", "data/questions.jsonl", "pyproject.toml"):
+    for name in ("stages", "src", "dvc.yaml", "params.yaml", *DATA_FILES, "pyproject.toml"):
         src = ROOT / name
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,15 @@ class PrepareConfig:
 
 
 # ---------------------------------------------------------------------------------------------- generate
+DEFAULT_SYSTEM_PROMPT = (
+    "You rewrite answers in natural Gen Z voice, the way people in their late teens and twenties really "
+    "write in a group chat or a comment. Keep every fact, number, name and list item exactly, and add no "
+    "new claims. Vary how you open (often just start with the answer). Use slang only where it fits, "
+    "inside the sentences; lowercase, contractions and casual rhythm are fine. Emoji rarely, at most one. "
+    "Never bolt catchphrases onto the start or end. Reply with the rewritten answer only."
+)
+
+
 @dataclass(config=_STRICT)
 class SamplingConfig:
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
@@ -93,18 +102,30 @@ class VLLMConfig:
 
 
 @dataclass(config=_STRICT)
+class FewShotConfig:
+    count: NonNegInt = 4  # corpus rewrites shown before each row (0: none)
+    by_category: bool = True  # drawn from the row's own Dolly category first
+    seed: int = 0  # which corpus rows: a pure function of this, the row and the corpus
+
+
+@dataclass(config=_STRICT)
 class GenerateConfig:
-    teacher: Literal["rules", "transformers", "openai", "vllm"] = "rules"
+    # corpus: the hand-written rewrites (data/genz_corpus.jsonl), the offline default; rules: a caricature
+    # stylizer (stock openers and closers); transformers / openai / vllm: real LLM teachers.
+    teacher: Literal["corpus", "rules", "transformers", "openai", "vllm"] = "corpus"
+    # corpus teacher, a source row the corpus has no rewrite for: error, or the rules stylizer (marked).
+    corpus_missing: Literal["error", "rules"] = "error"
     model: str = ""
     base_url: HttpURL | None = None
     # Several endpoints serving the same model (e.g. vLLM replicas): requests are spread across them.
     base_urls: tuple[HttpURL, ...] = ()
     api_key_env: str = "OPENAI_API_KEY"
-    system_prompt: str = "You rewrite answers in Gen Z voice without changing any fact."
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
     prompt_template: str = (
-        "Rewrite the answer below in Gen Z internet slang. Keep every fact, number and name.\n"
+        "Rewrite the answer below in Gen Z voice. Keep every fact, number and name.\n"
         "Question: {instruction}\n{context}Answer: {response}\nRewritten answer:"
     )
+    fewshot: FewShotConfig = FewShotConfig()  # LLM teachers: corpus rewrites as worked examples
     sampling: SamplingConfig = SamplingConfig()
     batch_size: PositiveInt = 16
     concurrency: PositiveInt = 8  # requests in flight per endpoint
@@ -119,7 +140,7 @@ class GenerateConfig:
 
     @model_validator(mode="after")
     def _needs_model(self) -> GenerateConfig:
-        if self.teacher != "rules" and not self.model:
+        if self.teacher not in ("corpus", "rules") and not self.model:
             raise ValueError(f"teacher '{self.teacher}' needs generate.model (a model id or local path)")
         if self.base_url and self.base_urls:
             raise ValueError("base_url and base_urls are alternatives: list every endpoint in base_urls")
@@ -194,6 +215,10 @@ class TrainConfig:
     eval_steps: PositiveInt | None = None
     seed: int = 42
     cpu_threads: NonNegInt = 2
+    # Greedy answers to this many fixed validation questions before training and at each evaluation, in
+    # <live dir>/samples.jsonl (0: none).
+    sample_questions: NonNegInt = 3
+    sample_max_new_tokens: PositiveInt = 64
     resume: bool = False  # checkpoint every save_steps; a rerun after a kill continues from the last one
     save_steps: PositiveInt = 50
     lora: LoraConfig = LoraConfig()

@@ -73,7 +73,12 @@ def test_repro_outputs_and_lock(repo: Path) -> None:
     tracked = sh(repo, "git", "ls-files").split()
     assert "metrics/evaluate.json" in tracked and "dvclive/train/plots/metrics/loss.tsv" in tracked
     assert not any(t.startswith("models/") and not t.endswith(".gitignore") for t in tracked)
-    assert json.loads((repo / "metrics/evaluate.json").read_text())["groups"]["gen"]["style"]["n"] == 12
+    assert (
+        json.loads((repo / "metrics/evaluate.json").read_text())["offline"]["groups"]["gen"]["genz_style"][
+            "n"
+        ]
+        == 12
+    )
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -104,7 +109,9 @@ def test_exp_run_twice_show_and_metrics_diff(repo: Path) -> None:
     ]
     for r in runs:
         assert r["metrics"]["metrics/train.json"]["data"]["eval_loss"] > 0
-        assert r["metrics"]["metrics/evaluate.json"]["data"]["groups"]["gen"]["style"]["n"] == 12
+        assert (
+            r["metrics"]["metrics/evaluate.json"]["data"]["offline"]["groups"]["gen"]["genz_style"]["n"] == 12
+        )
     # the last experiment's results sit in the workspace: diff them against the committed baseline
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
     assert "eval_loss" in diff["metrics/train.json"]

@@ -97,7 +97,8 @@ CASES: dict[str, Case] = {
         "prepare",
         {"generate.teacher": "gpt"},
         {},
-        "params.yaml: generate.teacher: Input should be 'rules', 'transformers', 'openai' or 'vllm'",
+        "params.yaml: generate.teacher: Input should be 'corpus', 'rules', 'transformers', 'openai' "
+        "or 'vllm'",
     ),
     "packing with grouping": (
         "prepare",

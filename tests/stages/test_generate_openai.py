@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -40,6 +41,7 @@ def workdir(tmp_path: Path, tiny_model: Path) -> Path:
     write_jsonl(tmp_path / "data/prepare/train.jsonl", rows[:20])
     write_jsonl(tmp_path / "data/prepare/validation.jsonl", rows[20:25])
     write_jsonl(tmp_path / "data/prepare/heldout.jsonl", rows[25:])
+    shutil.copy(ROOT / "data/genz_corpus.jsonl", tmp_path / "data/genz_corpus.jsonl")  # few-shot exemplars
     return tmp_path
 
 

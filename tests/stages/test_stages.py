@@ -15,8 +15,16 @@ import pytest
 import yaml
 
 from genz_speak.io import read_jsonl
-from genz_speak.judges import CRITERIA
-from tests.conftest import ROOT, python_env, run_stage, served, server_stats, stage_command, tiny_params
+from tests.conftest import (
+    DATA_FILES,
+    ROOT,
+    python_env,
+    run_stage,
+    served,
+    server_stats,
+    stage_command,
+    tiny_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +33,8 @@ pytestmark = pytest.mark.slow
 def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     d = tmp_path_factory.mktemp("stages")
     (d / "data").mkdir()
-    shutil.copy(ROOT / "data/questions.jsonl", d / "data/questions.jsonl")
+    for name in DATA_FILES:
+        shutil.copy(ROOT / name, d / name)
     (d / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model)))
     return d
 
@@ -113,6 +122,16 @@ def test_train_contract(trained: Path) -> None:
     assert m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0 and m["wall_s"] > 0
     assert (trained / "dvclive/train/plots/metrics/loss.tsv").is_file()
     assert not (trained / "dvc.yaml").exists()  # DVCLive must not write a dvc.yaml of its own
+    # answers to the same 3 validation questions before training and at the evaluation (end of the epoch)
+    samples = read_jsonl(trained / "dvclive/train/samples.jsonl")
+    validation = [
+        r["id"]
+        for r in read_jsonl(trained / "data/generate/genz_dataset.jsonl")
+        if r["split"] == "validation"
+    ]
+    assert [s["step"] for s in samples] == [0, 0, 0, 2, 2, 2]
+    assert [s["id"] for s in samples] == validation[:3] * 2
+    assert all(isinstance(s["answer"], str) for s in samples)
 
 
 def test_merge_contract(merged: Path) -> None:
@@ -147,18 +166,30 @@ def test_evaluate_contract(evaluated: Path) -> None:
     assert {s["group"] for s in scores} == {"base", "base_model", "gen", "train"}
     assert len(scores) == 12 * 4
     for s in scores:
-        for c in ("style", "content", "fluency"):
-            assert 0.0 <= s[c] <= 1.0
+        for c in ("genz_style", "helpfulness", "coherence"):
+            assert 0.0 <= s["offline"][c] <= 1.0
+        assert set(s["offline"]["parts"]) == {"relevance", "coverage", "facts", "repetition"}
     answers = read_jsonl(evaluated / "data/evaluate/answers.jsonl")
     assert len(answers) == 12 and {a["set"] for a in answers} == {"heldout", "validation"}
     m = metrics(evaluated, "evaluate")
-    assert set(m["groups"]) == {"base", "base_model", "gen", "train"}
-    assert set(m["groups"]["gen"]) == {"style", "content", "fluency"}
-    assert m["groups"]["gen"]["style"]["n"] == 12
-    # the classifier separates the rules teacher's outputs from plain answers on rows it never saw
-    assert m["style_classifier"]["heldout_accuracy"] >= 0.7
-    assert m["groups"]["train"]["style"]["mean"] > m["groups"]["base"]["style"]["mean"]
-    assert "| Gen (fine-tuned answers) |" in (evaluated / "metrics/report.md").read_text()
+    assert m["judges"] == ["offline"]
+    off = m["offline"]
+    assert set(off["groups"]) == {"base", "base_model", "gen", "train"}
+    assert set(off["groups"]["gen"]) == {"genz_style", "helpfulness", "coherence"}
+    assert off["groups"]["gen"]["genz_style"]["n"] == 12
+    # the paired difference is over the 12 questions both models answered, its interval around its mean
+    for d in off["paired"].values():
+        assert d["n"] == 12 and d["ci_low"] <= d["mean"] <= d["ci_high"]
+    # the style model never saw the evaluated questions' corpus rows, and it separates plain from Gen Z
+    assert off["style_model"]["test_texts"] >= 2 * 12
+    assert min(off["style_model"]["heldout_accuracy"].values()) >= 0.85
+    # the teacher's rewrites read as Gen Z, the raw instructions do not
+    assert off["groups"]["train"]["genz_style"]["mean"] > off["groups"]["base"]["genz_style"]["mean"] + 0.3
+    surface = m["surface"]
+    assert set(surface) == {"base_model", "gen", "train"} and surface["gen"]["n"] == 12
+    assert 1 <= surface["gen"]["distinct_openings"] <= 12
+    report = (evaluated / "metrics/report.md").read_text()
+    assert "| Gen (fine-tuned answers) |" in report and "Gen − Base model, paired" in report
 
 
 def test_outputs_get_the_mode_of_any_new_file(merged: Path) -> None:
@@ -180,7 +211,13 @@ def test_outputs_get_the_mode_of_any_new_file(merged: Path) -> None:
 
 def test_plot_contract(evaluated: Path) -> None:
     run_stage(evaluated, "plot")
-    for name in ("score_distribution", "comparison_box", "criteria_bars", "training_curves"):
+    for name in (
+        "score_distribution",
+        "comparison_box",
+        "criteria_bars",
+        "paired_difference",
+        "training_curves",
+    ):
         png = evaluated / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 5000
@@ -200,7 +237,6 @@ def evaluate_against(
     cmd = stage_command(
         "evaluate",
         str(out / "params.yaml"),
-        corpus=ROOT / "data/genz_corpus.jsonl",
         out_dir=out / "eval",
         judge_cache=out / "judge.jsonl",
         metrics=out / "m.json",
@@ -210,11 +246,11 @@ def evaluate_against(
     return subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_evaluate_with_the_llm_judge_against_a_real_server(merged: Path, tmp_path: Path) -> None:
+def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path: Path) -> None:
     secret = "sk-test-never-logged-0123456789"
     faults = ("--fault-first", "1", "--faults", "429,500,prose,badrange", "--retry-after", "0")
     with served("judge", *faults) as url:
-        first = evaluate_against(merged, tmp_path, url, judge="openai", secret=secret)
+        first = evaluate_against(merged, tmp_path, url, judge="both", secret=secret)
         assert first.returncode == 0, first.stderr[-3000:]
         m = json.loads((tmp_path / "m.json").read_text())
         stats = server_stats(url)
@@ -223,9 +259,11 @@ def test_evaluate_with_the_llm_judge_against_a_real_server(merged: Path, tmp_pat
         # each distinct (question, answer) pair asked once, its first request faulted
         assert usage["requests"] == stats["requests"] == 2 * stats["answered"]
         assert sum(usage["faults"].values()) == stats["answered"]
-        assert set(m["llm"]["groups"]["gen"]) == set(CRITERIA)
+        assert m["judges"] == ["offline", "llm"]
+        assert set(m["agreement_spearman"]) == {"genz_style", "helpfulness", "coherence"}
+        assert set(m["llm"]["groups"]["gen"]) == set(m["offline"]["groups"]["gen"])
         assert "48 judgements, 0 failed" in (tmp_path / "r.md").read_text()
-        second = evaluate_against(merged, tmp_path, url, judge="openai", secret=secret)
+        second = evaluate_against(merged, tmp_path, url, judge="both", secret=secret)
         assert second.returncode == 0, second.stderr[-3000:]
         assert server_stats(url)["requests"] == stats["requests"]  # cached: no request on the second run
         m2 = json.loads((tmp_path / "m.json").read_text())

@@ -144,8 +144,9 @@ class OfflineJudge:
         self.style = StyleModel.fit(corpus, LayerFeatures(model, tokenizer, cfg.lm_layers), exclude)
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
-        """Per item: the three criteria in [0, 1], and the parts they are made of (for inspection)."""
-        answers = [it.answer for it in items]
+        """Per item: the three criteria in [0, 1], and the parts they are made of (for inspection). An
+        empty answer scores 0 on all three."""
+        answers = [it.answer if it.answer.strip() else "" for it in items]
         style = self.style.score(answers)
         ans = self.encoder.sentences(answers)
         ref = self.encoder.sentences([it.reference for it in items])
@@ -164,11 +165,12 @@ class OfflineJudge:
             )
             cov = float(np.clip((coverage(ans_tokens[i], ref_tokens[i]) - 0.3) / 0.5, 0.0, 1.0))
             rep = repetition(it.answer)
+            empty = not answers[i]
             out.append(
                 {
-                    "genz_style": float(style[i]),
-                    "helpfulness": float(relevance[i]) * cov * fact_score * (1.0 - rep),
-                    "coherence": coherence(it.answer),
+                    "genz_style": 0.0 if empty else float(style[i]),
+                    "helpfulness": 0.0 if empty else float(relevance[i]) * cov * fact_score * (1.0 - rep),
+                    "coherence": 0.0 if empty else coherence(it.answer),
                     "parts": {
                         "relevance": round(float(relevance[i]), 4),
                         "coverage": round(cov, 4),

@@ -67,7 +67,7 @@ class LayerFeatures:
             with torch.inference_mode():
                 hidden = self.decoder(**enc).last_hidden_state.float()
             mask = enc["attention_mask"].unsqueeze(-1).float()
-            out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).cpu().numpy()
+            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()
         return out
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from genz_speak.config import GenerateConfig
 from genz_speak.teachers.base import Teacher, TeacherRequest, TeacherResult
 
 
-def build_teacher(cfg: GenerateConfig) -> Teacher:
+def build_teacher(cfg: GenerateConfig, corpus: Sequence[dict[str, Any]] = ()) -> Teacher:
     """The registry: heavy backends are imported only when chosen."""
+    if cfg.teacher == "corpus":
+        from genz_speak.teachers.corpus import CorpusTeacher
+
+        return CorpusTeacher(corpus)
     if cfg.teacher == "rules":
         from genz_speak.teachers.rules import RulesTeacher
 

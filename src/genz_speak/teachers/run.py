@@ -9,7 +9,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from genz_speak.config import GenerateConfig
 from genz_speak.data.dataset import dataset_row
-from genz_speak.errors import StageFailed
+from genz_speak.errors import InputError, StageFailed
 from genz_speak.io import AppendLog, read_jsonl_tolerant, write_json, write_jsonl
 from genz_speak.teachers import Teacher, TeacherRequest, TeacherResult
-from genz_speak.teachers.base import build_messages
+from genz_speak.teachers.base import build_messages, pick_exemplars
 from genz_speak.teachers.validate import check
 
 log = logging.getLogger(__name__)
@@ -29,21 +29,59 @@ log = logging.getLogger(__name__)
 RULES_VERSION = "2"  # bump when the rules stylizer changes, so cached rewrites are not reused
 
 
-def cache_key(cfg: GenerateConfig, row: dict[str, Any]) -> str:
-    """Everything that determines a rewrite: teacher, model, prompt, sampling and the source row."""
+def cache_key(
+    cfg: GenerateConfig, row: dict[str, Any], messages: list[dict[str, str]], corpus: dict[str, str]
+) -> str:
+    """Everything that determines a rewrite: the teacher and, for an LLM teacher, its model, the whole
+    chat it is sent (system prompt, few-shot exemplars, the row's prompt) and sampling; the source row."""
     if cfg.teacher == "rules":
         teacher: dict[str, Any] = {"teacher": "rules", "version": RULES_VERSION}
+    elif cfg.teacher == "corpus":
+        teacher = {"teacher": "corpus", "rewrite": corpus.get(row["id"]), "rules_version": RULES_VERSION}
     else:
         teacher = {
             "teacher": cfg.teacher,
             "model": cfg.model,
-            "system": cfg.system_prompt,
-            "template": cfg.prompt_template,
+            "messages": messages,
             "sampling": asdict(cfg.sampling),
         }
     source = {k: row[k] for k in ("instruction", "context", "response")}
     blob = json.dumps({"t": teacher, "s": source}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _teacher_name(cfg: GenerateConfig) -> str:
+    return cfg.teacher if cfg.teacher in ("corpus", "rules") else f"{cfg.teacher}:{cfg.model}"
+
+
+def chats(
+    cfg: GenerateConfig, rows: list[dict[str, Any]], corpus: Sequence[dict[str, Any]], exclude: frozenset[str]
+) -> dict[str, list[dict[str, str]]]:
+    """The chat each row's LLM teacher is sent, few-shot exemplars from the corpus included (none for the
+    offline teachers, which send nothing)."""
+    llm = cfg.teacher not in ("corpus", "rules")
+    return {
+        r["id"]: build_messages(cfg, r, pick_exemplars(cfg.fewshot, r, corpus, exclude) if llm else ())
+        for r in rows
+    }
+
+
+def check_corpus_coverage(
+    cfg: GenerateConfig, rows: list[dict[str, Any]], corpus: list[dict[str, Any]]
+) -> None:
+    """With the corpus teacher and generate.corpus_missing: error, every source row needs a rewrite."""
+    if cfg.teacher != "corpus" or cfg.corpus_missing != "error":
+        return
+    have = {r["id"] for r in corpus}
+    missing = [r for r in rows if r["id"] not in have]
+    if missing:
+        first = missing[0]
+        raise InputError(
+            f"params.yaml: generate.teacher: corpus has no rewrite for {len(missing)} of {len(rows)} "
+            f"source rows (first: {first['id']}, {first['instruction'][:60]!r}); add them to the corpus, "
+            "pick an LLM teacher, or set generate.corpus_missing: rules (the rules stylizer's caricature "
+            "for those rows)"
+        )
 
 
 @dataclass
@@ -98,6 +136,7 @@ def generate(
     out_dir: Path,
     cache_path: Path,
     metrics_path: Path,
+    corpus: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Rewrite every row of `splits` (name -> rows), reusing cached rewrites; write dataset, rejects, metrics.
 
@@ -109,7 +148,11 @@ def generate(
     """
     run_id = uuid.uuid4().hex[:12]
     rows = [(name, r) for name, split_rows in splits.items() for r in split_rows]
-    keys = {r["id"]: cache_key(cfg, r) for _, r in rows}
+    check_corpus_coverage(cfg, [r for _, r in rows], corpus)
+    # Exemplars never come from the held-out questions: their answers are the evaluation's.
+    messages = chats(cfg, [r for _, r in rows], corpus, frozenset(r["id"] for r in splits.get("heldout", [])))
+    rewrites = {r["id"]: r["genz"] for r in corpus}
+    keys = {r["id"]: cache_key(cfg, r, messages[r["id"]], rewrites) for _, r in rows}
     wanted = set(keys.values())
     cached: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []  # every record of this dataset's rows, failed tries included
@@ -119,7 +162,7 @@ def generate(
             if "output" in rec:
                 cached[rec["key"]] = rec
     todo = [
-        TeacherRequest(id=r["id"], row=r, messages=build_messages(cfg, r))
+        TeacherRequest(id=r["id"], row=r, messages=messages[r["id"]])
         for _, r in rows
         if keys[r["id"]] not in cached
     ]
@@ -148,6 +191,8 @@ def generate(
                     rec["error"] = failures[res.id]
                 else:
                     rec |= {"output": res.text, "tokens_in": res.tokens_in, "tokens_out": res.tokens_out}
+                    if res.teacher:
+                        rec["teacher"] = res.teacher
                     cached[rec["key"]] = rec
                 rec |= {"retries": res.retries, "faults": res.faults, "run": run_id}
                 cache.write(rec)
@@ -162,7 +207,8 @@ def generate(
         if rec is None:
             rejects.append({"id": r["id"], "split": split, "reason": f"teacher: {failures.get(r['id'])}"})
             continue
-        prompt = "\n".join(m["content"] for m in build_messages(cfg, r))
+        # The whole chat: a rewrite that copies a few-shot exemplar is an echo too.
+        prompt = "\n".join(m["content"] for m in messages[r["id"]])
         reason = check(r["response"], prompt, rec["output"], cfg.validation)
         if reason:
             rejects.append({"id": r["id"], "split": split, "reason": reason, "output": rec["output"]})
@@ -170,7 +216,7 @@ def generate(
         dataset.append(
             {
                 **dataset_row(r, split, rec["output"].strip()),
-                "teacher": teacher.name if cfg.teacher == "rules" else f"{cfg.teacher}:{cfg.model}",
+                "teacher": rec.get("teacher") or _teacher_name(cfg),
             }
         )
     if rows and len(rejects) / len(rows) > cfg.max_reject_fraction:

@@ -73,6 +73,56 @@ def _step_clock() -> Any:
     return StepClock()
 
 
+def _sample_callback(questions: list[dict[str, Any]], tokenizer: Any, path: Path, max_new_tokens: int) -> Any:
+    from transformers import TrainerCallback
+
+    from genz_speak.data.chat import user_message
+    from genz_speak.io import AppendLog
+
+    class SampleAnswers(TrainerCallback):
+        """Greedy answers to fixed validation questions before training and at each evaluation, appended to
+        a JSONL (step, id, question, answer): drift towards a template shows before evaluate runs."""
+
+        def _sample(self, step: int, model: Any) -> None:
+            import torch
+
+            was_training = model.training
+            model.eval()
+            side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow each prompt
+            prompts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": user_message(q)}], tokenize=False, add_generation_prompt=True
+                )
+                for q in questions
+            ]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                model.device
+            )
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
+            tokenizer.padding_side = side
+            model.train(was_training)
+            with AppendLog(path) as log_file:
+                for q, ids in zip(questions, out[:, enc["input_ids"].shape[1] :], strict=True):
+                    answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                    log_file.write(
+                        {"step": step, "id": q["id"], "question": q["instruction"], "answer": answer}
+                    )
+
+        def on_train_begin(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+        ) -> None:
+            if state.global_step == 0:
+                self._sample(0, model)
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            self._sample(state.global_step, model)
+
+    return SampleAnswers()
+
+
 def check_masking(dataset: Any, rows_in: int, packed: bool = False) -> dict[str, int]:
     """Count trained (completion) tokens; fail when masking left (almost) nothing to learn from.
 
@@ -316,6 +366,14 @@ def train(
     trainer.add_callback(clock)
     if main:
         trainer.add_callback(_live_callback(live_dir, resume=checkpoint is not None))
+        samples = [r for r in rows if r["split"] == "validation"][: cfg.sample_questions]
+        (live_dir / "samples.jsonl").touch()  # the stage's output even when nothing is sampled
+        if samples:
+            trainer.add_callback(
+                _sample_callback(
+                    samples, prepared.tokenizer, live_dir / "samples.jsonl", cfg.sample_max_new_tokens
+                )
+            )
     masking = check_masking(trainer.train_dataset, len(train_rows), packed=cfg.packing)
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -1,0 +1,39 @@
+"""The offline default teacher: the hand-written Gen Z corpus (data/genz_corpus.jsonl).
+
+It stands in for an LLM teacher so the embedded demo runs with no model and no key, and what the student
+learns from is natural Gen Z written by people, not a template. A source row the corpus has no rewrite
+for is an error, or (generate.corpus_missing: rules) gets the rules stylizer's caricature, marked as such
+in the dataset's `teacher` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from genz_speak.teachers.base import TeacherRequest, TeacherResult
+from genz_speak.teachers.rules import stylize
+
+CARICATURE = "rules (caricature)"
+
+
+class CorpusTeacher:
+    name = "corpus"
+
+    def __init__(self, corpus: Sequence[dict[str, Any]]):
+        self.rewrites = {r["id"]: r["genz"] for r in corpus}
+
+    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
+        # Rows without a rewrite reach here only with generate.corpus_missing: rules (generate checks).
+        for req in requests:
+            text = self.rewrites.get(req.id)
+            if text is not None:
+                yield TeacherResult(id=req.id, text=text, teacher=self.name)
+            else:
+                yield TeacherResult(id=req.id, text=stylize(req.row["response"], req.id), teacher=CARICATURE)
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
