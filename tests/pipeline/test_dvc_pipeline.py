@@ -18,7 +18,7 @@ import yaml
 from tests.conftest import copy_project, python_env, served, server_stats, tiny_params
 
 pytestmark = pytest.mark.slow
-STAGES = ["prepare", "generate", "train", "merge", "evaluate", "plot"]
+STAGES = ["prepare", "generate", "train", "merge", "evaluate", "plot", "export"]
 
 
 def sh(cwd: Path, *cmd: str, timeout: int = 1200) -> str:
@@ -67,11 +67,18 @@ def set_param(repo: Path, section: str, key: str, value: object) -> None:
 def test_repro_outputs_and_lock(repo: Path) -> None:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert list(lock["stages"]) == STAGES
-    for name in ("models/prepare", "models/train", "models/merge", "data/generate/genz_dataset.jsonl"):
+    for name in (
+        "models/prepare",
+        "models/train",
+        "models/merge",
+        "models/export",
+        "data/generate/genz_dataset.jsonl",
+    ):
         assert (repo / name).exists()
         assert sh(repo, "git", "check-ignore", name).strip() == name  # DVC-cached, not in git
     tracked = sh(repo, "git", "ls-files").split()
     assert "metrics/evaluate.json" in tracked and "dvclive/train/plots/metrics/loss.tsv" in tracked
+    assert "metrics/export.json" in tracked
     assert not any(t.startswith("models/") and not t.endswith(".gitignore") for t in tracked)
     assert (
         json.loads((repo / "metrics/evaluate.json").read_text())["offline"]["groups"]["gen"]["genz_style"][
@@ -87,20 +94,26 @@ def test_second_repro_does_nothing(repo: Path) -> None:
     assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
 
 
-def test_evaluate_param_reruns_only_evaluate_and_plot(repo: Path) -> None:
-    set_param(repo, "evaluate", "seed", 1)  # new bootstrap intervals: the metrics change, so plot reruns
-    assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot"]
+def test_evaluate_param_reruns_only_evaluate_plot_and_export(repo: Path) -> None:
+    set_param(repo, "evaluate", "seed", 1)  # new intervals: the metrics change, so the plots and card rerun
+    assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot", "export"]
+
+
+def test_export_param_reruns_only_export(repo: Path) -> None:
+    set_param(repo, "export", "num_ctx", 4096)
+    assert ran(sh(repo, "dvc", "repro")) == ["export"]
+    assert "PARAMETER num_ctx 4096" in (repo / "models/export/Modelfile").read_text()
 
 
 def test_learning_rate_reruns_train_onward(repo: Path) -> None:
     set_param(repo, "train", "learning_rate", 0.002)
-    assert ran(sh(repo, "dvc", "repro")) == ["train", "merge", "evaluate", "plot"]
+    assert ran(sh(repo, "dvc", "repro")) == ["train", "merge", "evaluate", "plot", "export"]
 
 
 def test_exp_run_twice_show_and_metrics_diff(repo: Path) -> None:
     for lr in (0.003, 0.005):
         out = sh(repo, "dvc", "exp", "run", "-S", f"train.learning_rate={lr}")
-        assert ran(out) == ["train", "merge", "evaluate", "plot"]
+        assert ran(out) == ["train", "merge", "evaluate", "plot", "export"]
     exps = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
     runs = [r["data"] for rev in exps for e in (rev.get("experiments") or []) for r in e["revs"]]
     assert sorted(r["params"]["params.yaml"]["data"]["train"]["learning_rate"] for r in runs) == [
@@ -121,7 +134,7 @@ def test_exp_run_twice_show_and_metrics_diff(repo: Path) -> None:
 
 def test_param_flipped_back_restores_from_run_cache(repo: Path) -> None:
     set_param(repo, "evaluate", "seed", 1)
-    assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot"]
+    assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot", "export"]
     set_param(repo, "evaluate", "seed", 0)  # the committed value
     out = sh(repo, "dvc", "repro")
     assert ran(out) == []
@@ -139,7 +152,7 @@ def test_push_clone_pull_roundtrip(repo: Path, tmp_path: Path) -> None:
     sh(clone, "dvc", "pull")
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
     assert ran(sh(clone, "dvc", "repro")) == []
-    for folder in ("models/merge", "models/train", "models/prepare"):
+    for folder in ("models/merge", "models/train", "models/prepare", "models/export"):
         files = sorted(p.relative_to(repo) for p in (repo / folder).rglob("*") if p.is_file())
         assert files
         for f in files:

@@ -275,6 +275,13 @@ CASES: dict[str, Case] = {
         {"data/generate/genz_dataset.jsonl": b"\n"},
         "genz_dataset.jsonl: no rows (the file is empty)",
     ),
+    "packed rows under sdpa": (
+        "train",
+        {"train.packing": True, "train.attn_implementation": "sdpa"},
+        {},
+        "params.yaml: train.attn_implementation: sdpa lets the rows of a padding-free batch (train.packing "
+        "with bfd, or train.padding_free) attend to each other",
+    ),
     # ---- data parallelism: said before any process is launched
     "processes not splitting the step": (
         "train",

@@ -223,6 +223,47 @@ def test_plot_contract(evaluated: Path) -> None:
         assert png.stat().st_size > 5000
 
 
+def test_export_contract(evaluated: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    merged_files = sorted((evaluated / "models/merge").iterdir())
+    run_stage(evaluated, "export")
+    out = evaluated / "models/export"
+    assert {p.name for p in out.iterdir()} == {
+        "genz-speak-f16.gguf",
+        "genz-speak-q8_0.gguf",
+        "Modelfile",
+        "README.md",
+    }
+    m = metrics(evaluated, "export")
+    assert m["passed"] and m["check_prompts"] == 3 and m["chat_template_probes"] == 4
+    f16, q8 = m["formats"]["f16"], m["formats"]["q8_0"]
+    assert f16["max_logit_diff"] == 0.0  # the merge wrote float16: f16 stores it exactly
+    assert 0.0 < q8["max_logit_diff"] <= q8["tolerance"] and q8["top1_agreement"] > 0.9
+    assert f16["tokenizer_problems"] == q8["tokenizer_problems"] == []
+    assert f16["bytes"] == (out / "genz-speak-f16.gguf").stat().st_size > q8["bytes"]
+    assert m["modelfile"]["from"] == "genz-speak-q8_0.gguf" and "<|im_end|>" in m["modelfile"]["stops"]
+    assert "FROM ./genz-speak-q8_0.gguf\nTEMPLATE" in (out / "Modelfile").read_text()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.base_model is None  # the tiny model is a folder
+    assert "| Gen (fine-tuned answers) |" in card.text and "(n=12)" in card.text
+    assert "120 rows kept, 0 rejected" in card.text
+    assert sorted((evaluated / "models/merge").iterdir()) == merged_files  # merge's output left alone
+
+
+def test_export_fails_above_tolerance_and_writes_nothing(evaluated: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((evaluated / "params.yaml").read_text())
+    params["export"]["tolerance"]["q8_0"] = 1e-9
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = stage_command(
+        "export", str(tmp_path / "params.yaml"), out=tmp_path / "export", metrics=tmp_path / "export.json"
+    )
+    proc = subprocess.run(cmd, cwd=evaluated, env=python_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "export.tolerance.q8_0" in proc.stderr
+    assert not (tmp_path / "export").exists() and not (tmp_path / "export.tmp").exists()
+    assert not (tmp_path / "export.json").exists()
+
+
 def evaluate_against(
     merged: Path, out: Path, url: str, judge: str, secret: str = "unused", **llm: Any
 ) -> subprocess.CompletedProcess[str]:
@@ -332,6 +373,32 @@ def test_qlora_4bit_train_then_merge_onto_16bit_base(generated: Path, tmp_path: 
     cfg = json.loads((tmp_path / "merged/config.json").read_text())
     assert "quantization_config" not in cfg and cfg["dtype"] == "float16"
     assert json.loads((tmp_path / "merge.json").read_text())["passed"]
+
+
+def test_packed_training_on_the_transformers_backend(generated: Path, tmp_path: Path) -> None:
+    """train.packing (bfd) without flash-attention: the stage loads genz_varlen, trains packed sequences,
+    evaluates on packed validation rows and samples answers with padded generation, and says which
+    attention kernels ran."""
+    params = yaml.safe_load((generated / "params.yaml").read_text())
+    params["train"].update(packing=True, max_steps=2, batch_size=2)
+    (generated / "params_packed.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "packed"
+    run_stage(
+        generated,
+        "train",
+        "params_packed.yaml",
+        out=out / "adapter",
+        live_dir=out / "live",
+        metrics=out / "train.json",
+        work_dir=out / "work",
+    )
+    m = json.loads((out / "train.json").read_text())
+    assert m["packing"] == "bfd" and m["padding_free"] is True and m["steps"] == 2
+    # Packed forwards ran one SDPA call per example (no CUDA); generation ran plain sdpa.
+    assert m["attention_kernel"].startswith("genz_varlen: sdpa x"), m["attention_kernel"]
+    assert "sdpa per sequence x" in m["attention_kernel"]
+    assert math.isfinite(m["final_loss"]) and m["eval_loss"] is not None
+    assert len(read_jsonl(out / "live/samples.jsonl")) == 6
 
 
 def test_data_parallel_train_matches_one_process(generated: Path, tmp_path: Path) -> None:

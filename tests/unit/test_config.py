@@ -22,6 +22,7 @@ def test_every_shipped_params_file_parses(path: Path) -> None:
         "merge",
         "evaluate",
         "plot",
+        "export",
     }
 
 

@@ -98,14 +98,14 @@ class FactCheck:
 
 def check_facts(answer: str, reference: str, instruction: str, context: str = "") -> FactCheck:
     """Compare the answer's numbers and names with the reference's. The instruction and its context
-    support whatever they state; names the instruction already gives are not asked of the answer (those
-    in the context are: a context offers the wrong candidates too)."""
+    support whatever they state; names the instruction already gives are not asked of the answer ("DNA"
+    in "What does DNA stand for?"), those only in the context are (a context offers wrong candidates too)."""
     ref_numbers, ans_numbers = numbers(reference), numbers(answer)
     support = ref_numbers | numbers(instruction) | numbers(context)
     # Only numerals count against an answer: number words are as often counts of what it lists ("four
     # languages") as claims.
     unsupported = [r for r in number_readings(answer, words=False) if not r & support]
-    key_names = (names(reference) - names(instruction)) or names(reference)
+    key_names = names(reference) - names(instruction)
     padded = " " + " ".join(w.lower() for w in words(answer)) + " "
     known = {w.lower() for w in words(" ".join((reference, instruction, context)))}
     return FactCheck(

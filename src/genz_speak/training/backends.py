@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError
-from genz_speak.training import distributed
+from genz_speak.training import attention, distributed
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     cuda = torch.cuda.is_available()
     compute = torch.bfloat16 if cuda else torch.float32
     kwargs: dict[str, Any] = {"dtype": compute}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    attn = cfg.attn_implementation or (attention.VARLEN if cfg.padding_free_batches else None)
+    if attn == attention.VARLEN:
+        attention.register()
+    if attn:
+        kwargs["attn_implementation"] = attn
     if cuda and distributed.world_size() > 1:
         # Each data-parallel process holds a whole copy on its own GPU (a 4-bit model cannot be moved later).
         kwargs["device_map"] = {"": distributed.local_rank()}
@@ -90,7 +93,12 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
 def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
     # Unsloth patches transformers/trl at import: it must come before them (sft.py imports trl later).
     # Under a data-parallel launch its loader places each process's copy on that process's GPU (LOCAL_RANK).
+    attention.allow_unsloth_torch_varlen()  # before the import, which decides its packed-row kernel
     from unsloth import FastLanguageModel
+
+    kernel = attention.unsloth_packed_kernel()
+    slow = cfg.padding_free_batches and attention.SDPA_SEGMENTS in kernel
+    (log.warning if slow else log.info)("unsloth: padding-free batches run %s", kernel)
 
     model, tok = FastLanguageModel.from_pretrained(
         model_name=str(base), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=None

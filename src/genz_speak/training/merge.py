@@ -16,14 +16,20 @@ from genz_speak.io import replace_dir
 log = logging.getLogger(__name__)
 
 
-def _check_inputs(tokenizer: Any, rows: list[dict[str, Any]], n: int) -> Any:
-    prompts = [
+def check_prompts(tokenizer: Any, rows: list[dict[str, Any]], n: int) -> list[str]:
+    """The chat prompts of the first `n` rows, as the model sees them (merge and export check on these)."""
+    return [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": user_message(r)}], tokenize=False, add_generation_prompt=True
         )
         for r in rows[:n]
     ]
-    return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def check_inputs(tokenizer: Any, rows: list[dict[str, Any]], n: int) -> Any:
+    return tokenizer(
+        check_prompts(tokenizer, rows, n), return_tensors="pt", padding=True, add_special_tokens=False
+    )
 
 
 def max_logit_diff(a: Any, b: Any, inputs: Any) -> float:
@@ -115,7 +121,7 @@ def merge(
 
     # Verify what was written: reload the saved folder, as a user would, and compare in float32.
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(dev).eval()
-    inputs = _check_inputs(tokenizer, check_rows, cfg.check_prompts).to(dev)
+    inputs = check_inputs(tokenizer, check_rows, cfg.check_prompts).to(dev)
     diff = max_logit_diff(reloaded, reference, inputs)
     adapter_effect = max_logit_diff(base16_as32, reference, inputs)  # shows the check can see the adapter
     metrics = {

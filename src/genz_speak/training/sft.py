@@ -19,7 +19,7 @@ from typing import Any
 from genz_speak.config import TrainConfig
 from genz_speak.data.chat import prompt_completion
 from genz_speak.errors import InputError
-from genz_speak.training import backends, distributed
+from genz_speak.training import attention, backends, distributed
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,11 @@ def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[
     """(rows per device step, accumulation steps) keeping rows per optimizer step fixed.
 
     The optimizer step's batch_size * gradient_accumulation_steps rows are split evenly over `processes`
-    data-parallel processes: micro-batch x accumulation x processes. "auto" on CUDA probes a forward +
-    backward at max_seq_length for each divisor of a process's rows, largest first, and keeps the first
-    that fits; on CPU memory is not the limit, so it keeps batch_size (or the largest divisor below it).
+    data-parallel processes: micro-batch x accumulation x processes. Under packing a row is a packed
+    sequence of up to max_seq_length tokens, so the tokens per optimizer step stay fixed too. "auto" on
+    CUDA probes a forward + backward of the largest batch each divisor of a process's rows can make (see
+    `probe_batch`), largest first, and keeps the first that fits; on CPU memory is not the limit, so it
+    keeps batch_size (or the largest divisor below it).
     """
     import torch
 
@@ -173,9 +175,12 @@ def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[
         return micro, per_process // micro
     model.train()
     for micro in sorted((d for d in range(1, per_process + 1) if per_process % d == 0), reverse=True):
-        ids = torch.randint(100, 1000, (micro, cfg.max_seq_length), device=model.device)
+        batch = probe_batch(micro, cfg.max_seq_length, bool(cfg.padding_free_batches), model.device)
         try:
-            model(input_ids=ids, labels=ids).loss.backward()
+            # Under autocast, as the Trainer's bf16 forward runs (activations would be fp32 without it).
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**batch).loss
+            loss.backward()
         except torch.OutOfMemoryError:
             log.info("micro_batch auto: %d x %d tokens does not fit", micro, cfg.max_seq_length)
             continue
@@ -191,6 +196,19 @@ def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[
         )
         return micro, per_process // micro
     raise RuntimeError(f"micro_batch auto: not even 1 row of {cfg.max_seq_length} tokens fits on the GPU")
+
+
+def probe_batch(micro: int, seq: int, padding_free: bool, device: Any) -> dict[str, Any]:
+    """The largest batch a micro-batch of `micro` rows can make: `micro` rows of `seq` tokens, or, when
+    batches are padding-free, those rows laid end to end in one row with restarting position_ids (one
+    sequence per row: the longest sequences a packed row can hold), as the collator flattens them."""
+    import torch
+
+    ids = torch.randint(100, 1000, (micro, seq), device=device)
+    if not padding_free:
+        return {"input_ids": ids, "labels": ids}
+    positions = torch.arange(seq, device=device).repeat(micro)[None]
+    return {"input_ids": ids.reshape(1, -1), "labels": ids.reshape(1, -1), "position_ids": positions}
 
 
 def build_trainer(
@@ -217,17 +235,16 @@ def build_trainer(
 
         set_seed(cfg.seed)  # LoRA's A matrices start random: seeded, a rerun (and every rank) starts alike
         model = get_peft_model(model, prepared.peft_config)
-    micro, accum = plan_micro_batch(cfg, model, processes)
-    bfd = cfg.packing and cfg.packing_strategy == "bfd"
-    padding_free = True if bfd else (False if cfg.packing else cfg.padding_free)
-    attention = str(getattr(model.config, "_attn_implementation", None))
-    if padding_free and backend == "transformers" and "flash" not in attention:
+    padding_free = cfg.padding_free_batches
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if padding_free and backend == "transformers" and not attention.isolates_rows(implementation):
         raise InputError(
-            f"params.yaml: train.packing / train.padding_free: padding-free batches need a flash-attention "
-            f"kernel on the transformers backend; attention here is {attention}, under which the rows of a "
-            "batch would attend to each other. Set train.attn_implementation: flash_attention_2 (where "
-            "installed), use the unsloth backend, or group_by_length: true instead"
+            f"params.yaml: train.attn_implementation: {implementation} lets the rows of a padding-free batch "
+            f"(train.packing with bfd, or train.padding_free) attend to each other; leave it unset "
+            f"({attention.VARLEN}: torch's varlen kernel on CUDA, SDPA per row elsewhere) or use "
+            "flash_attention_2 where installed"
         )
+    micro, accum = plan_micro_batch(cfg, model, processes)
     # TRL bounds row length by packing or padding; padding-free batches without packing leave it to us.
     truncate_here = bool(padding_free) and not cfg.packing
     args = SFTConfig(
@@ -280,6 +297,19 @@ def build_trainer(
         if trainer.eval_dataset is not None:
             trainer.eval_dataset = _truncate(trainer.eval_dataset, cfg.max_seq_length)
     return trainer, micro, accum
+
+
+def attention_kernel(backend: backends.Backend, trainer: Any, calls: dict[str, int]) -> str:
+    """What computed attention in training, for the metrics: genz_varlen's kernels with their call counts
+    (every layer of every forward, padded or generation calls as sdpa), Unsloth's packed-row kernel, or
+    the transformers attention implementation."""
+    if backend == "unsloth":
+        padding_free = bool(getattr(trainer.args, "padding_free", False))
+        return attention.unsloth_packed_kernel() if padding_free else "unsloth (padded batches)"
+    implementation = str(getattr(trainer.model.config, "_attn_implementation", None))
+    if implementation != attention.VARLEN:
+        return implementation
+    return f"{implementation}: " + ", ".join(f"{k} x{n}" for k, n in sorted(calls.items()))
 
 
 def _truncate(dataset: Any, max_length: int) -> Any:
@@ -379,9 +409,11 @@ def train(
         torch.cuda.reset_peak_memory_stats()
     if checkpoint:
         log.info("train.resume: resuming from %s", checkpoint)
+    calls_before = attention.kernel_calls.copy()
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.monotonic() - start
+    kernel = attention_kernel(backend, trainer, attention.kernel_calls - calls_before)
 
     peak_mb = (
         torch.cuda.max_memory_allocated() / 2**20
@@ -418,6 +450,7 @@ def train(
         "rows_per_step": micro * accum * processes,
         "packing": cfg.packing and cfg.packing_strategy,
         "padding_free": bool(getattr(trainer.args, "padding_free", False)),
+        "attention_kernel": kernel,
         "epochs": round(trainer.state.epoch or 0.0, 3),
         "train_rows": len(train_rows),
         "final_loss": round(losses[-1], 4) if losses else None,

@@ -1,0 +1,186 @@
+"""`genz-speak chat MODEL_DIR`: a terminal chat with a model folder, tokens printed as they are generated.
+
+    genz-speak chat models/merge --system "Keep it short." --temperature 0.7
+
+The conversation (system message, every user turn and every answer) goes through the model's own chat
+template each turn. `/reset` starts a new conversation, `/exit` or end of input (Ctrl-D) quits, Ctrl-C
+stops the answer being written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from genz_speak.errors import MissingInput
+
+
+class ChatSession:
+    """A model folder and one conversation with it."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        system: str | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        repetition_penalty: float = 1.2,
+        seed: int = 0,
+    ):
+        from genz_speak.models import inference_dtype, load_causal_lm, load_tokenizer
+
+        if not (Path(model_dir) / "config.json").is_file():
+            raise MissingInput(f"{model_dir}: not a model folder (no config.json)")
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_causal_lm(model_dir, inference_dtype(model_dir))
+        self.system = system
+        self.sampling: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": temperature > 0,
+            "temperature": temperature if temperature > 0 else None,
+            "top_p": top_p if temperature > 0 else None,
+            "top_k": None,
+            "repetition_penalty": repetition_penalty,
+        }
+        self.seed = seed
+        self.history: list[dict[str, str]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.history = [{"role": "system", "content": self.system}] if self.system else []
+
+    def prompt(self, user_text: str) -> str:
+        """The text the model would see for this user turn after the conversation so far."""
+        messages = [*self.history, {"role": "user", "content": user_text}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    def stream(self, user_text: str, stop: threading.Event | None = None) -> Iterator[str]:
+        """Answer `user_text`, yielding text as tokens are generated; the turn and the answer (as far as
+        it got, if `stop` is set or the caller stops reading) join the history."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        from genz_speak.models import device
+
+        stop = stop or threading.Event()
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return stop.is_set()
+
+        inputs = self.tokenizer(self.prompt(user_text), return_tensors="pt", add_special_tokens=False)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                torch.manual_seed(self.seed + len(self.history))
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs.to(device()),
+                        **self.sampling,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Stop()]),
+                        pad_token_id=self.tokenizer.pad_token_id,
+                    )
+            except BaseException as err:  # re-raised in the caller's thread, after the streamer is closed
+                failure.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=generate, daemon=True)
+        thread.start()
+        pieces: list[str] = []
+        try:
+            for piece in streamer:
+                pieces.append(piece)
+                yield piece
+        finally:
+            stop.set()  # a caller that stops reading (Ctrl-C, break) ends the generation too
+            thread.join()
+            self.history += [
+                {"role": "user", "content": user_text},
+                {"role": "assistant", "content": "".join(pieces).strip()},
+            ]
+        if failure:
+            raise failure[0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", type=Path, help="a model folder (e.g. models/merge)")
+    p.add_argument("--system", default=None, help="a system message that opens the conversation")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0: greedy decoding")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--repetition-penalty", type=float, default=1.2, help="small models loop without it")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def converse(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
+    """The read-answer loop: one user turn per input line."""
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            stdout.write("you> ")
+            stdout.flush()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            stdout.write("\n")
+            return
+        if not line:  # end of input
+            return
+        text = line.strip()
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            session.reset()
+            stdout.write("(new conversation)\n")
+            continue
+        if not text:
+            continue
+        if not interactive:  # piped input: echo the turn, so that stdout reads as a transcript
+            stdout.write(f"you> {text}\n")
+        stdout.write("bot> ")
+        stdout.flush()
+        stop = threading.Event()
+        try:
+            for piece in session.stream(text, stop):
+                stdout.write(piece)
+                stdout.flush()
+        except KeyboardInterrupt:
+            stop.set()
+            stdout.write(" [stopped]")
+        stdout.write("\n")
+        stdout.flush()
+
+
+def run(args: argparse.Namespace) -> None:
+    from genz_speak.models import device
+
+    if args.max_new_tokens <= 0 or args.temperature < 0:
+        raise SystemExit("genz-speak chat: --max-new-tokens must be positive and --temperature not negative")
+    try:
+        session = ChatSession(
+            args.model_dir,
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+        )
+    except MissingInput as err:
+        print(f"genz-speak chat: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(
+        f"genz-speak chat: {args.model_dir} on {device().type}. /reset starts over, /exit or Ctrl-D quits, "
+        "Ctrl-C stops an answer.",
+        file=sys.stderr,
+    )
+    converse(session, sys.stdin, sys.stdout)

