@@ -7,8 +7,11 @@ Reads `generate` from params.yaml, {train,validation,heldout}.jsonl from --data-
 are the "Train" reference in evaluation, never trained on) and the hand-written Gen Z corpus (--corpus:
 the corpus teacher's rewrites, and the LLM teachers' few-shot exemplars). Writes
 genz_dataset.jsonl (id, split, category, instruction, context, source_response, output, teacher) and
-rejects.jsonl (id, split, reason) under --out-dir, and counts and speed to --metrics. Every rewrite is
-appended to --cache as it finishes, so a killed run resumes and an unchanged row is never paid for twice.
+rejects.jsonl (id, split, reason) under --out-dir, and counts and speed to --metrics (requests, retries,
+faults and tokens of every run whose rows built the dataset; calls, time and endpoints of this run). Every
+rewrite, and every row the teacher gave up on, is appended to --cache as it finishes, so a killed run
+resumes and an unchanged row is never paid for twice. More rows rejected than max_reject_fraction, or
+none left: exit status 1, and nothing written.
 """
 
 from pathlib import Path

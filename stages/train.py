@@ -15,7 +15,7 @@ from pathlib import Path
 
 from genz_speak import stage
 from genz_speak.data.dataset import read_dataset
-from genz_speak.io import write_json
+from genz_speak.io import replace_dir, write_json
 from genz_speak.training import distributed
 from genz_speak.training.sft import train
 
@@ -43,8 +43,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     metrics = train(cfg, rows, args.base, tmp, args.live_dir, args.work_dir)
     if metrics is not None:  # data-parallel ranks other than 0 write nothing
-        shutil.rmtree(args.out, ignore_errors=True)
-        tmp.rename(args.out)  # the adapter appears only once complete
+        replace_dir(tmp, args.out)  # the adapter appears only once complete
         shutil.rmtree(args.work_dir, ignore_errors=True)  # checkpoints only serve an unfinished run
         write_json(args.metrics, metrics)
     if distributed.world_size() > 1:

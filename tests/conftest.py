@@ -17,6 +17,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,48 @@ def run_stage(
     )
     assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-4000:]}"
     return proc
+
+
+@contextmanager
+def served(model: str | Path, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`genz-speak serve MODEL OPTIONS` on a free 127.0.0.1 port for the block; yields its /v1 URL."""
+    from genz_speak.serve import launch
+
+    proc, url = launch(model, *options, env=env or python_env())
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# The name metrics give each `genz-speak serve --faults` kind once the client has seen it.
+FAULT_LABELS = {
+    "429": "HTTP 429",
+    "429-bare": "HTTP 429",
+    "500": "HTTP 500",
+    "502": "HTTP 502",
+    "503": "HTTP 503",
+    "stall": "APITimeoutError",
+    "nonjson": "NotJSONBody",
+    "badjson": "NotJSONBody",
+    "nochoices": "NoContent",
+    "nullcontent": "NoContent",
+    "truncated": "APIConnectionError",
+    "reset": "APIConnectionError",
+    "prose": "BadVerdict",  # the judge's; a teacher takes prose as a rewrite
+    "badkeys": "BadVerdict",
+    "badrange": "BadVerdict",
+}
+TEACHER_FAULTS = [k for k in FAULT_LABELS if FAULT_LABELS[k] != "BadVerdict"]
+
+
+def server_stats(url: str) -> dict[str, int]:
+    """What a `genz-speak serve` saw: requests, faults by kind, answers, refused keys."""
+    import httpx
+
+    stats: dict[str, int] = httpx.get(f"{url}/stats", timeout=10).json()
+    return stats
 
 
 def copy_project(dest: Path) -> None:

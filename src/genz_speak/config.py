@@ -7,11 +7,13 @@ with the dotted `params.yaml` key that caused it, e.g. ``params.yaml: train.lora
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from genz_speak.errors import InputError, MissingInput
@@ -22,6 +24,17 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _http_url(url: str) -> str:
+    # Without a scheme ("localhost:8000/v1") the client would fail on every request, one row at a time.
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) URL; write it in full, e.g. http://localhost:8000/v1")
+    return url
+
+
+HttpURL = Annotated[str, AfterValidator(_http_url)]
 
 EMBEDDED_STUDENT = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
@@ -72,6 +85,8 @@ class SamplingConfig:
 class ValidationConfig:
     min_chars: NonNegInt = 8
     max_length_ratio: Annotated[float, Field(gt=0.0)] = 4.0
+    # A rewrite may always be this long: restyling a short answer ("2018", a name) takes a sentence or two.
+    max_length_floor: NonNegInt = 400
     keep_numbers: bool = True
     keep_entities: bool = True
     max_echo_similarity: Fraction = 0.98
@@ -101,9 +116,9 @@ class GenerateConfig:
     # corpus teacher, a source row the corpus has no rewrite for: error, or the rules stylizer (marked).
     corpus_missing: Literal["error", "rules"] = "error"
     model: str = ""
-    base_url: str | None = None
+    base_url: HttpURL | None = None
     # Several endpoints serving the same model (e.g. vLLM replicas): requests are spread across them.
-    base_urls: tuple[str, ...] = ()
+    base_urls: tuple[HttpURL, ...] = ()
     api_key_env: str = "OPENAI_API_KEY"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     prompt_template: str = (
@@ -254,7 +269,7 @@ class OfflineJudgeConfig:
 @dataclass(config=_STRICT)
 class LLMJudgeConfig:
     model: str = "gpt-5-mini"
-    base_url: str | None = None
+    base_url: HttpURL | None = None
     api_key_env: str = "OPENAI_API_KEY"
     reference_guided: bool = True
     json_schema: bool = True
@@ -263,6 +278,8 @@ class LLMJudgeConfig:
     concurrency: PositiveInt = 4
     request_timeout: Annotated[float, Field(gt=0.0)] = 120.0
     max_retries: NonNegInt = 4
+    # Fail the stage when more judgements than this fail after their retries (all failing always fails it).
+    max_failed_fraction: Fraction = 0.1
 
 
 @dataclass(config=_STRICT)
@@ -357,6 +374,29 @@ def parse(cls: type[T], data: Any, path: Path = Path("params.yaml"), prefix: str
         raise InputError(_format_error(err, path, prefix)) from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, except that a key given twice in one mapping is an error, as it is to DVC: a
+    stage started directly must not run with whichever value came last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key may override it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and validate the whole params file."""
     path = Path(path)
@@ -364,7 +404,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise MissingInput(f"{path}: params file not found (run from the project root)")
     with path.open() as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader
+        except _DuplicateKey as err:
+            message = f"{path}:{err.line}: duplicate key {err.key!r} (first on line {err.first})"
+            raise InputError(message) from None
         except yaml.YAMLError as err:
             raise InputError(f"{path}: not valid YAML: {err}") from err
     if data is not None and not isinstance(data, dict):

@@ -8,3 +8,8 @@ class InputError(ValueError):
 
 class MissingInput(InputError, FileNotFoundError):
     """An input file or folder that is not there."""
+
+
+class StageFailed(RuntimeError):
+    """The stage ran, but what it produced is unusable (too many rows rejected, too many judgements
+    failed): it stops with one line saying so (exit status 1), its outputs left as they were."""

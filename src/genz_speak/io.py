@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import socket
-import tempfile
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,12 +117,23 @@ def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
             raise InputError(f"{path}:{lineno}: corrupt line in the middle of an append log") from None
 
 
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside `path`, created as any other file is (mode 0666 less the umask): mkstemp's 0600
+    would make every output unreadable to the rest of a team sharing a checkout, a cache or a remote."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside `path` and rename it into place only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
@@ -130,6 +143,20 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` into place as `out`, replacing it; its files first get the mode a
+    new file gets here (some writers, safetensors among them, create theirs 0600)."""
+    fd, probe = _create_temporary(tmp / "mode")
+    os.close(fd)
+    mode = stat.S_IMODE(os.stat(probe).st_mode)
+    os.unlink(probe)
+    for p in tmp.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(mode)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

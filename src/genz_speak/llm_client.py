@@ -7,10 +7,12 @@ several servers of one model (vLLM replicas, say) and takes failing ones out of 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import openai
+from openai.types.chat import ChatCompletion
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from genz_speak.errors import InputError
@@ -29,7 +32,15 @@ R = TypeVar("R")
 
 
 class MalformedReply(ValueError):
-    """The server answered 2xx but the body is unusable (not JSON, no choices, empty content)."""
+    """The server answered 2xx but the reply is unusable."""
+
+
+class NotJSONBody(MalformedReply):
+    """A 200 whose body is not a JSON chat completion (a proxy's error page), whatever its content type."""
+
+
+class NoContent(MalformedReply):
+    """A chat completion without a message: no choices, or null or empty content."""
 
 
 RETRYABLE = (
@@ -43,14 +54,22 @@ RETRYABLE = (
 
 
 # Failures that say something about the endpoint rather than the request: a reply with no content is the
-# model's doing (retried, but it does not count against the server).
+# model's doing (retried, but it does not count against the server); a body that is not JSON is not.
 ENDPOINT_FAULTS = (
     openai.RateLimitError,
     openai.InternalServerError,
     openai.APITimeoutError,
     openai.APIConnectionError,
     openai.APIResponseValidationError,
+    NotJSONBody,
 )
+
+
+def fault_label(err: BaseException) -> str:
+    """How metrics name a failed request: its HTTP status, or the error's class."""
+    if isinstance(err, openai.APIStatusError):
+        return f"HTTP {err.status_code}"
+    return type(err).__name__
 
 
 def make_client(base_url: str | None, api_key_env: str, timeout: float) -> openai.OpenAI:
@@ -198,11 +217,13 @@ class CallResult:
     value: Any
     error: str | None
     retries: int
+    faults: dict[str, int]  # failed tries by `fault_label`: the retries, and the last try when it failed
 
 
 def call_with_retries(fn: Callable[[], R], max_retries: int, initial_wait: float = 0.5) -> CallResult:
     """Run `fn`, retrying retryable failures; never raises for them: the last error is returned instead."""
     attempts = 0
+    faults: Counter[str] = Counter()
     retrying = Retrying(
         stop=stop_after_attempt(max_retries + 1),
         wait=_WaitRetryAfter(initial_wait, 20.0),
@@ -213,12 +234,21 @@ def call_with_retries(fn: Callable[[], R], max_retries: int, initial_wait: float
         for attempt in retrying:
             with attempt:
                 attempts += 1
-                value = fn()
-        return CallResult(value, None, attempts - 1)
+                try:
+                    value = fn()
+                except Exception as err:
+                    faults[fault_label(err)] += 1
+                    raise
+        return CallResult(value, None, attempts - 1, dict(faults))
     except RETRYABLE as err:
-        return CallResult(None, f"{type(err).__name__}: {err}"[:300], attempts - 1)
+        error = f"{type(err).__name__}: {err}"
+        if isinstance(err, openai.APIConnectionError) and err.__cause__ is not None:
+            # "Connection error." alone does not tell a reset from a body cut short.
+            error += f" ({type(err.__cause__).__name__}: {err.__cause__})"
+        return CallResult(None, error[:300], attempts - 1, dict(faults))
     except openai.APIStatusError as err:  # 4xx other than 429: retrying will not help
-        return CallResult(None, f"{type(err).__name__} {err.status_code}: {err.message}"[:300], attempts - 1)
+        error = f"{type(err).__name__} {err.status_code}: {err.message}"[:300]
+        return CallResult(None, error, attempts - 1, dict(faults))
 
 
 def map_concurrent(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[tuple[T, R]]:
@@ -234,9 +264,22 @@ def map_concurrent(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def chat_text(resp: Any) -> str:
-    """The first choice's text, or MalformedReply (retried) when the server sent nothing usable."""
-    choices = getattr(resp, "choices", None)
+def complete(client: openai.OpenAI, **kwargs: Any) -> ChatCompletion:
+    """One chat completion request. A 200 that is not a chat completion raises NotJSONBody (retried): for a
+    body labelled application/json that is not JSON the client raises JSONDecodeError, and for any other
+    content type it hands back the body as a string."""
+    try:
+        resp = client.chat.completions.create(**kwargs)
+    except json.JSONDecodeError as err:
+        raise NotJSONBody(f"200 reply whose body is not JSON: {err.doc[:80]!r}") from None
+    if not isinstance(resp, ChatCompletion):
+        raise NotJSONBody(f"200 reply that is not a JSON chat completion: {str(resp)[:80]!r}")
+    return resp
+
+
+def chat_text(resp: ChatCompletion) -> str:
+    """The first choice's text, or NoContent (retried) when the completion has none."""
+    choices = resp.choices
     if not choices or choices[0].message is None or not (choices[0].message.content or "").strip():
-        raise MalformedReply("reply has no message content")
+        raise NoContent("reply has no choices" if not choices else "reply has no message content")
     return choices[0].message.content

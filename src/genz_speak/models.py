@@ -6,13 +6,13 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genz_speak.config import EMBEDDED_ENCODER, EMBEDDED_STUDENT, Dtype
 from genz_speak.errors import InputError
+from genz_speak.io import replace_dir
 
 if TYPE_CHECKING:
     import torch
@@ -130,8 +130,7 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "origin": origin,

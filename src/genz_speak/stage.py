@@ -14,7 +14,7 @@ from types import FrameType
 from typing import Any
 
 from genz_speak.config import Params, load_params
-from genz_speak.errors import InputError
+from genz_speak.errors import InputError, StageFailed
 
 log = logging.getLogger("genz_speak.stage")
 
@@ -47,7 +47,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage script's `main`: bad params or data end it with one line naming the file and line or
-    the params key, and exit status 2; outputs already written are left as they were."""
+    the params key, and exit status 2; a result too poor to keep (StageFailed) with one line and exit
+    status 1. Either way outputs already written are left as they were."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
@@ -55,3 +56,7 @@ def run(main: Callable[[], None]) -> None:
         _configure_logging()
         log.error("%s", err)
         sys.exit(2)
+    except StageFailed as err:
+        _configure_logging()
+        log.error("%s", err)
+        sys.exit(1)

@@ -148,6 +148,18 @@ CASES: dict[str, Case] = {
         {},
         "params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here",
     ),
+    "a key twice": (
+        "prepare",
+        {},
+        {"params.yaml": b"train:\n  batch_size: 8\n  batch_size: 4\n"},
+        "params.yaml:3: duplicate key 'batch_size' (first on line 2)",
+    ),
+    "base_url without a scheme": (
+        "prepare",
+        {"generate.teacher": "openai", "generate.model": "m", "generate.base_url": "localhost:8765/v1"},
+        {},
+        "params.yaml: generate.base_url: 'localhost:8765/v1' is not an http(s) URL",
+    ),
     "not YAML": ("prepare", {}, {"params.yaml": b"train: [unclosed\n"}, "params.yaml: not valid YAML"),
     "not a mapping": (
         "prepare",
@@ -167,6 +179,12 @@ CASES: dict[str, Case] = {
         {},
         {SOURCE: lines((1, '{"instruction": "Why?", "category": "open_qa"}'))},
         "bad.jsonl:2: missing or empty field(s) ['response']",
+    ),
+    "blank response (NBSP)": (
+        "prepare",
+        {},
+        {SOURCE: lines((2, '{"instruction": "Why?", "response": "\\u00a0 ", "category": "open_qa"}'))},
+        "bad.jsonl:3: missing or empty field(s) ['response']",
     ),
     "wrong field type": (
         "prepare",

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, read_jsonl_tolerant, write_jsonl
 from genz_speak.serve import launch
-from tests.conftest import ROOT, python_env, stage_command
+from tests.conftest import (
+    FAULT_LABELS,
+    ROOT,
+    TEACHER_FAULTS,
+    python_env,
+    served,
+    server_stats,
+    stage_command,
+)
 
 pytestmark = pytest.mark.slow
 ROWS = 30
@@ -32,6 +41,7 @@ def workdir(tmp_path: Path, tiny_model: Path) -> Path:
     write_jsonl(tmp_path / "data/prepare/train.jsonl", rows[:20])
     write_jsonl(tmp_path / "data/prepare/validation.jsonl", rows[20:25])
     write_jsonl(tmp_path / "data/prepare/heldout.jsonl", rows[25:])
+    shutil.copy(ROOT / "data/genz_corpus.jsonl", tmp_path / "data/genz_corpus.jsonl")  # few-shot exemplars
     return tmp_path
 
 
@@ -52,16 +62,20 @@ def write_params(workdir: Path, url: str, **generate: Any) -> None:
     params["generate"]["sampling"].update(max_new_tokens=8)
     # The tiny random model writes noise: only the stage's bookkeeping is under test here.
     params["generate"]["validation"].update(
-        min_chars=1, keep_numbers=False, max_echo_similarity=1.0, max_length_ratio=100.0
+        min_chars=1,
+        keep_numbers=False,
+        keep_entities=False,
+        max_echo_similarity=1.0,
+        max_length_ratio=100.0,
     )
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: Path) -> None:
-    server, url = start_server(
-        tiny_model, "--fault-every", "3", "--faults", "429,500,stall,nonjson", "--stall", "4"
-    )
-    try:
+    """Every third request gets a fault, each kind in turn. (A 200 labelled application/json whose body
+    is not JSON crashed the stage with a JSONDecodeError traceback before: issue 15, defect 1.)"""
+    faults = ",".join(TEACHER_FAULTS)
+    with served(tiny_model, "--fault-every", "3", "--faults", faults, "--stall", "4") as url:
         write_params(workdir, url)
         proc = subprocess.run(
             stage_command("generate"),
@@ -71,21 +85,22 @@ def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: 
             text=True,
             timeout=600,
         )
-        stats = httpx.get(f"{url}/stats").json()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stats = server_stats(url)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
     dataset = read_jsonl(workdir / "data/generate/genz_dataset.jsonl")
     rejects = read_jsonl(workdir / "data/generate/rejects.jsonl")
     ids = [r["id"] for r in dataset] + [r["id"] for r in rejects]
     assert len(ids) == len(set(ids)) == ROWS
     m = json.loads((workdir / "metrics/generate.json").read_text())
     assert m["teacher_failures"] == 0 and m["rows"] == ROWS
-    faults = sum(stats.get(k, 0) for k in ("429", "500", "stall", "nonjson"))
-    assert all(stats.get(k, 0) > 0 for k in ("429", "500", "stall", "nonjson")), stats
-    assert m["retries"] >= faults  # every fault cost one retry
-    assert stats["requests"] == ROWS + m["retries"]
+    assert all(stats.get(k, 0) > 0 for k in TEACHER_FAULTS), stats
+    injected: Counter[str] = Counter()
+    for kind in TEACHER_FAULTS:
+        injected[FAULT_LABELS[kind]] += stats.get(kind, 0)
+    assert m["faults"] == dict(injected)  # each fault the server injected, counted once by its name
+    assert m["retries"] == sum(injected.values())  # and each cost one retry
+    assert stats["requests"] == m["requests"] == ROWS + m["retries"]
     assert m["tokens_out"] > 0
     assert "sk-secret-xyz" not in proc.stderr + proc.stdout + json.dumps(m)
     order = [
@@ -135,3 +150,78 @@ def test_killed_run_resumes_without_loss_or_duplicates(workdir: Path, tiny_model
     ids = [r["id"] for r in read_jsonl(workdir / "data/generate/genz_dataset.jsonl")]
     assert len(ids) + len(read_jsonl(workdir / "data/generate/rejects.jsonl")) == ROWS
     assert len(set(ids)) == len(ids)
+
+
+def prior_outputs(workdir: Path) -> dict[str, bytes]:
+    """A previous run's outputs, to check that a failed run leaves them as they were."""
+    outputs = {
+        "data/generate/genz_dataset.jsonl": b'{"id": "q-previous"}\n',
+        "data/generate/rejects.jsonl": b"",
+        "metrics/generate.json": b'{"rows": 1}\n',
+    }
+    for name, content in outputs.items():
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_bytes(content)
+    return outputs
+
+
+def test_a_failed_run_replaces_no_output_and_a_rerun_counts_both_runs(workdir: Path) -> None:
+    """Issue 15, defect 4: a run whose rows were all rejected wrote a 0-row dataset, rejects and metrics,
+    then raised (traceback, exit 1). Now it stops with one line and leaves the outputs as they were; the
+    rerun that finishes the dataset counts the faults and retries of both runs in its metrics."""
+    prior = prior_outputs(workdir)
+    with served("rules", "--fault-first", "2", "--faults", "500") as url:
+        write_params(workdir, url, max_retries=1, max_reject_fraction=0.5)
+        failed = subprocess.run(
+            stage_command("generate"),
+            cwd=workdir,
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        first = server_stats(url)
+        after_failure = {name: (workdir / name).read_bytes() for name in prior}
+        rerun = subprocess.run(
+            stage_command("generate"),
+            cwd=workdir,
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        second = server_stats(url)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr
+    error = [line for line in failed.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
+    assert len(error) == 1, failed.stderr[-3000:]
+    assert f"{ROWS}/{ROWS} rows rejected (over generate.max_reject_fraction=0.5)" in error[0]
+    assert "InternalServerError: Error code: 500" in error[0]  # the reason, with its count
+    assert after_failure == prior
+    assert first["requests"] == first["500"] == 2 * ROWS  # every row: a try and a retry, both faulted
+
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    m = json.loads((workdir / "metrics/generate.json").read_text())
+    assert m["rows"] + m["rejected"] == ROWS and m["teacher_failures"] == 0
+    assert m["runs"] == 2 and m["teacher_calls"] == ROWS
+    assert m["faults"] == {"HTTP 500": second["500"]} == {"HTTP 500": 2 * ROWS}
+    assert m["requests"] == second["requests"] == 3 * ROWS
+    assert m["retries"] == ROWS  # one per row in the failed run; none in the rerun
+
+
+def test_no_usable_row_fails_whatever_the_threshold(workdir: Path) -> None:
+    prior = prior_outputs(workdir)
+    with served("rules", "--fault-first", "9", "--faults", "nochoices") as url:
+        write_params(workdir, url, max_retries=0, max_reject_fraction=1.0)
+        proc = subprocess.run(
+            stage_command("generate"),
+            cwd=workdir,
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"{ROWS}/{ROWS} rows rejected (no row is left)" in proc.stderr
+    assert "teacher: NoContent: reply has no choices" in proc.stderr
+    assert {name: (workdir / name).read_bytes() for name in prior} == prior

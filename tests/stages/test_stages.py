@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,16 @@ import pytest
 import yaml
 
 from genz_speak.io import read_jsonl
-from tests.conftest import DATA_FILES, ROOT, python_env, run_stage, stage_command, tiny_params
+from tests.conftest import (
+    DATA_FILES,
+    ROOT,
+    python_env,
+    run_stage,
+    served,
+    server_stats,
+    stage_command,
+    tiny_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -181,6 +192,23 @@ def test_evaluate_contract(evaluated: Path) -> None:
     assert "| Gen (fine-tuned answers) |" in report and "Gen − Base model, paired" in report
 
 
+def test_outputs_get_the_mode_of_any_new_file(merged: Path) -> None:
+    """Issue 15, defect 6: every output was 0600 whatever the umask (atomic_open's mkstemp, and
+    safetensors' own writer for the model folders), unreadable to a team sharing a checkout or a cache."""
+    umask = os.umask(0)
+    os.umask(umask)
+    wanted = 0o666 & ~umask
+    files = [
+        p
+        for folder in ("data", "models", "metrics", "dvclive")
+        for p in (merged / folder).rglob("*")
+        if p.is_file() and not p.is_symlink()
+    ]
+    assert any(p.name == "model.safetensors" for p in files) and len(files) > 20
+    modes = {str(p.relative_to(merged)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert {f: m for f, m in modes.items() if m != oct(wanted)} == {}
+
+
 def test_plot_contract(evaluated: Path) -> None:
     run_stage(evaluated, "plot")
     for name in (
@@ -236,42 +264,49 @@ def test_export_fails_above_tolerance_and_writes_nothing(evaluated: Path, tmp_pa
     assert not (tmp_path / "export.json").exists()
 
 
-def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path: Path) -> None:
-    from tests.openai_server import ScriptedServer, serve, verdict_for
-
-    secret = "sk-test-never-logged-0123456789"
-    server = ScriptedServer(
-        ["ok", "429", "ok", "500", "ok", "nonsense", "ok", '{"genz_style": 99}'], verdict_for
+def evaluate_against(
+    merged: Path, out: Path, url: str, judge: str, secret: str = "unused", **llm: Any
+) -> subprocess.CompletedProcess[str]:
+    """The evaluate stage with the LLM judge at `url`, its outputs and caches under `out`."""
+    params = yaml.safe_load((merged / "params.yaml").read_text())
+    params["evaluate"]["judge"] = judge
+    params["evaluate"]["llm"].update(
+        base_url=url, model="judge", api_key_env="GENZ_TEST_KEY", request_timeout=10, **llm
     )
-    with serve(server.app) as url:
-        params = yaml.safe_load((merged / "params.yaml").read_text())
-        params["evaluate"]["judge"] = "both"
-        params["evaluate"]["llm"].update(
-            base_url=url, model="judge", api_key_env="GENZ_TEST_KEY", request_timeout=5
-        )
-        (merged / "params_both.yaml").write_text(yaml.safe_dump(params))
-        cmd = stage_command(
-            "evaluate",
-            "params_both.yaml",
-            out_dir=tmp_path / "eval",
-            judge_cache=tmp_path / "judge.jsonl",
-            metrics=tmp_path / "m.json",
-            report=tmp_path / "r.md",
-        )
-        env = {**python_env(), "GENZ_TEST_KEY": secret}
-        first = subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
+    (out / "params.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (out / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = stage_command(
+        "evaluate",
+        str(out / "params.yaml"),
+        out_dir=out / "eval",
+        judge_cache=out / "judge.jsonl",
+        metrics=out / "m.json",
+        report=out / "r.md",
+    )
+    env = {**python_env(), "GENZ_TEST_KEY": secret}
+    return subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path: Path) -> None:
+    secret = "sk-test-never-logged-0123456789"
+    faults = ("--fault-first", "1", "--faults", "429,500,prose,badrange", "--retry-after", "0")
+    with served("judge", *faults) as url:
+        first = evaluate_against(merged, tmp_path, url, judge="both", secret=secret)
         assert first.returncode == 0, first.stderr[-3000:]
         m = json.loads((tmp_path / "m.json").read_text())
+        stats = server_stats(url)
         usage = m["llm"]["usage"]
         assert usage["judgements"] == 48 and usage["failed"] == 0
-        assert usage["requests"] == server.counts["requests"] > 48
+        # each distinct (question, answer) pair asked once, its first request faulted
+        assert usage["requests"] == stats["requests"] == 2 * stats["answered"]
+        assert sum(usage["faults"].values()) == stats["answered"]
         assert m["judges"] == ["offline", "llm"]
         assert set(m["agreement_spearman"]) == {"genz_style", "helpfulness", "coherence"}
         assert set(m["llm"]["groups"]["gen"]) == set(m["offline"]["groups"]["gen"])
-        requests = server.counts["requests"]
-        second = subprocess.run(cmd, cwd=merged, env=env, capture_output=True, text=True, timeout=900)
+        assert "48 judgements, 0 failed" in (tmp_path / "r.md").read_text()
+        second = evaluate_against(merged, tmp_path, url, judge="both", secret=secret)
         assert second.returncode == 0, second.stderr[-3000:]
-        assert server.counts["requests"] == requests  # cached: no request on the second run
+        assert server_stats(url)["requests"] == stats["requests"]  # cached: no request on the second run
         m2 = json.loads((tmp_path / "m.json").read_text())
         assert (m2["llm"]["usage"]["requests"], m2["llm"]["usage"]["cached"]) == (0, 48)
     for text in (
@@ -282,6 +317,33 @@ def test_evaluate_with_both_judges_against_a_real_server(merged: Path, tmp_path:
         (tmp_path / "judge.jsonl").read_text(),
     ):
         assert secret not in text
+
+
+def test_evaluate_fails_when_the_judge_fails(merged: Path, tmp_path: Path) -> None:
+    """Issue 15, defect 3: with every judgement failed, evaluate exited 0 (every mean null, the report
+    "–", one WARNING line). Now it fails with one line; partial failures over the threshold fail too, and
+    the count is in the report."""
+    with served("judge", "--fault-first", "99", "--faults", "503") as url:
+        every = evaluate_against(merged, tmp_path / "every", url, judge="openai", max_retries=0)
+    assert every.returncode == 1, every.stderr[-3000:]
+    error = [line for line in every.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
+    assert len(error) == 1 and "evaluate: 48 of 48 LLM judgements failed (over" in error[0], every.stderr
+    assert "48 x InternalServerError: Error code: 503" in error[0] and "Traceback" not in every.stderr
+    assert not (tmp_path / "every/m.json").exists() and not (tmp_path / "every/r.md").exists()
+
+    # Every 4th distinct question-answer pair fails on each try.
+    faults = ("--fault-first", "99", "--fault-every", "4", "--faults", "503")
+    with served("judge", *faults) as url:
+        some = evaluate_against(merged, tmp_path / "some", url, judge="openai", max_retries=0)
+    assert some.returncode == 1 and "(over evaluate.llm.max_failed_fraction=0.1)" in some.stderr
+    with served("judge", *faults) as url:
+        lenient = evaluate_against(
+            merged, tmp_path / "lenient", url, judge="openai", max_retries=0, max_failed_fraction=0.5
+        )
+    assert lenient.returncode == 0, lenient.stderr[-3000:]
+    failed = json.loads((tmp_path / "lenient/m.json").read_text())["llm"]["usage"]["failed"]
+    assert 0 < failed < 48
+    assert f"48 judgements, {failed} failed" in (tmp_path / "lenient/r.md").read_text()
 
 
 def test_qlora_4bit_train_then_merge_onto_16bit_base(generated: Path, tmp_path: Path) -> None:

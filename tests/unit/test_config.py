@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from genz_speak.config import Params, load_params, parse
+from genz_speak.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,3 +75,42 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_a_duplicated_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    """DVC rejects a params file with a key twice; a stage started directly must not quietly take the
+    last value."""
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  learning_rate: 0.001\n  batch_size: 8\n  learning_rate: 0.1\n")
+    with pytest.raises(InputError, match=r"params.yaml:4: duplicate key 'learning_rate' \(first on line 2\)"):
+        load_params(p)
+    p.write_text("train:\n  batch_size: 8\nmerge: {}\ntrain:\n  batch_size: 4\n")
+    with pytest.raises(InputError, match=r"params.yaml:4: duplicate key 'train' \(first on line 1\)"):
+        load_params(p)
+
+
+def test_yaml_merge_keys_may_override(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  <<: {batch_size: 8, epochs: 2}\n  batch_size: 4\n")
+    params = load_params(p)
+    assert params.train.batch_size == 4 and params.train.epochs == 2
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("generate.base_url", "localhost:8765/v1"),
+        ("generate.base_urls", ["http://a/v1", "b:8000/v1"]),
+        ("evaluate.llm.base_url", "127.0.0.1:8000/v1"),
+        ("generate.base_url", "ftp://host/v1"),
+    ],
+)
+def test_base_urls_need_a_scheme(key: str, value: object) -> None:
+    section, *rest = key.split(".")
+    data: dict = {section: {}}
+    node = data[section]
+    for k in rest[:-1]:
+        node = node.setdefault(k, {})
+    node[rest[-1]] = value
+    with pytest.raises(InputError, match=rf"{key}.*is not an http\(s\) URL"):
+        parse(Params, data)

@@ -1,9 +1,19 @@
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from genz_speak.io import AppendLog, atomic_open, read_jsonl, read_jsonl_tolerant, write_jsonl
+from genz_speak.io import (
+    AppendLog,
+    atomic_open,
+    read_jsonl,
+    read_jsonl_tolerant,
+    replace_dir,
+    write_json,
+    write_jsonl,
+)
 
 
 def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:
@@ -48,3 +58,42 @@ def test_corruption_in_the_middle_is_an_error(tmp_path: Path) -> None:
     p.write_text('{"k": 1}\nnot json\n{"k": 2}\n')
     with pytest.raises(ValueError, match=r"cache.jsonl:2"):
         list(read_jsonl_tolerant(p))
+
+
+@pytest.mark.parametrize(
+    "umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)], ids=["022", "002", "077"]
+)
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Outputs get the mode any other file would (0644 under umask 022), so a team sharing a checkout,
+    a DVC cache or a remote can read them; mkstemp alone makes every output 0600."""
+    old = os.umask(umask)
+    try:
+        write_jsonl(tmp_path / "rows.jsonl", [{"a": 1}])
+        write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_open(tmp_path / "model.bin", "wb") as f:
+            f.write(b"\0")
+    finally:
+        os.umask(old)
+    for name in ("rows.jsonl", "m.json", "model.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_replace_dir_gives_files_the_umask_mode_and_replaces(tmp_path: Path) -> None:
+    out, tmp = tmp_path / "model", tmp_path / "model.tmp"
+    (out / "old").mkdir(parents=True)
+    (tmp / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "sub/config.json"):
+        fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT, 0o600)  # as safetensors creates its files
+        os.close(fd)
+    old = os.umask(0o022)
+    try:
+        replace_dir(tmp, out)
+    finally:
+        os.umask(old)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "model.safetensors",
+        "sub",
+        "sub/config.json",
+    ]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()} == {0o644}
+    assert not tmp.exists()

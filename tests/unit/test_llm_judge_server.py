@@ -1,10 +1,17 @@
-"""The LLM judge against a real OpenAI-compatible server on 127.0.0.1, faults included."""
+"""The LLM judge against `genz-speak serve judge` on 127.0.0.1, faults included (the full fault matrix is
+tests/stages/test_fault_matrix.py)."""
 
+import json
 from pathlib import Path
 
-from genz_speak.config import LLMJudgeConfig
+import pytest
+
+from genz_speak.config import EvaluateConfig, LLMJudgeConfig
+from genz_speak.errors import StageFailed
+from genz_speak.judges.evaluate import check_judgements
 from genz_speak.judges.llm import LLMJudge
-from tests.openai_server import ScriptedServer, serve, verdict_for
+from genz_speak.serve import judge_verdict
+from tests.conftest import python_env, served, server_stats
 
 ITEMS = [
     (f"Question {i}?", ("ngl it's true fr" if i % 2 else "It is true."), "It is true.") for i in range(12)
@@ -12,48 +19,94 @@ ITEMS = [
 
 
 def judge_cfg(url: str, **kw: object) -> LLMJudgeConfig:
-    settings: dict[str, object] = {"concurrency": 4, "request_timeout": 1.0, "max_retries": 3, **kw}
+    settings: dict[str, object] = {"concurrency": 4, "request_timeout": 10.0, "max_retries": 3, **kw}
     return LLMJudgeConfig(model="judge", base_url=url, **settings)
 
 
 def test_faults_are_retried_and_verdicts_cached(tmp_path: Path) -> None:
-    script = ["ok", "429", "ok", "500", "ok", "not json", "ok", '{"genz_style": 42, "helpfulness": 1}', "ok"]
-    server = ScriptedServer(script, verdict_for)
-    with serve(server.app) as url:
+    """Each question's first request gets a fault (429, 500, a prose reply, scores out of range, in turn),
+    so the counts are exact whatever the concurrency. (With one fault script cycling over all requests, as
+    before, a question could draw four faults in a row under CPU load and run out of retries.)"""
+    with served(
+        "judge", "--fault-first", "1", "--faults", "429,500,prose,badrange", "--retry-after", "0"
+    ) as url:
         judge = LLMJudge(judge_cfg(url), tmp_path / "judge.jsonl")
         first = judge.judge(ITEMS)
         judge.close()
-        assert all(j.scores is not None for j in first)  # every fault was retried into a verdict
-        assert [j.scores["genz_style"] for j in first] == [0.9 if i % 2 else 0.1 for i in range(12)]
-        assert all(j.scores["helpfulness"] == 0.6 for j in first)
-        assert server.counts["429"] and server.counts["500"] and server.counts["not json"]
-        assert judge.requests == server.counts["requests"] > 12
-        before = server.counts["requests"]
+        stats = server_stats(url)
         again = LLMJudge(judge_cfg(url), tmp_path / "judge.jsonl")
         second = again.judge(ITEMS)
-        assert server.counts["requests"] == before and again.requests == 0  # a cached re-run asks nothing
-        assert all(j.cached for j in second)
-        assert [j.scores for j in second] == [j.scores for j in first]
+        assert server_stats(url)["requests"] == stats["requests"]  # a cached re-run asks nothing
+    assert [j.error for j in first] == [None] * 12  # every fault was retried into a verdict
+    assert [j.scores["genz_style"] for j in first] == [0.9 if i % 2 else 0.1 for i in range(12)]
+    assert all(j.scores["helpfulness"] == 0.6 for j in first)
+    assert {k: stats.get(k) for k in ("429", "500", "prose", "badrange")} == dict.fromkeys(
+        ("429", "500", "prose", "badrange"), 3
+    )
+    assert judge.requests == stats["requests"] == 24
+    assert judge.faults == {"HTTP 429": 3, "HTTP 500": 3, "BadVerdict": 6}
+    assert again.requests == 0 and all(j.cached for j in second)
+    assert [j.scores for j in second] == [j.scores for j in first]
+
+
+def test_a_200_that_is_not_json_is_retried(tmp_path: Path) -> None:
+    """Issue 15, defect 2: a 200 whose body is not JSON (text/plain, or labelled application/json) was read
+    for `usage` before it was checked, and the judge crashed (AttributeError, JSONDecodeError)."""
+    with served("judge", "--fault-first", "1", "--faults", "nonjson,badjson") as url:
+        judge = LLMJudge(judge_cfg(url), tmp_path / "judge.jsonl")
+        verdicts = judge.judge(ITEMS)
+        stats = server_stats(url)
+    assert [v.error for v in verdicts] == [None] * 12
+    assert stats["nonjson"] == stats["badjson"] == 6 and stats["requests"] == judge.requests == 24
+    assert judge.faults == {"NotJSONBody": 12}
+    assert judge.tokens_out > 0  # usage is read from the replies that were chat completions
 
 
 def test_persistent_failure_is_recorded_not_raised(tmp_path: Path) -> None:
-    server = ScriptedServer(["not json"], verdict_for)
-    with serve(server.app) as url:
+    with served("judge", "--fault-first", "99", "--faults", "prose") as url:
         judge = LLMJudge(judge_cfg(url, max_retries=2), tmp_path / "judge.jsonl")
         out = judge.judge(ITEMS[:3])
-    assert all(j.scores is None and "MalformedReply" in (j.error or "") for j in out)
-    assert server.counts["requests"] == 3 * 3  # the first try + 2 retries each
+        stats = server_stats(url)
+    assert all(j.scores is None and "BadVerdict: verdict is not JSON" in (j.error or "") for j in out)
+    assert stats["requests"] == judge.requests == 3 * 3  # the first try + 2 retries each
 
 
 def test_reference_guided_shows_the_reference(tmp_path: Path) -> None:
-    seen: list[str] = []
-
-    def answer(messages: list[dict[str, str]]) -> str:
-        seen.append(messages[-1]["content"])
-        return verdict_for(messages)
-
-    server = ScriptedServer(["ok"], answer)
-    with serve(server.app) as url:
+    record = tmp_path / "requests.jsonl"
+    with served("judge", "--record", str(record)) as url:
         LLMJudge(judge_cfg(url, reference_guided=True), tmp_path / "j.jsonl").judge(ITEMS[:1])
         LLMJudge(judge_cfg(url, reference_guided=False), tmp_path / "k.jsonl").judge(ITEMS[:1])
+    seen = [json.loads(line)["messages"][-1]["content"] for line in record.read_text().splitlines()]
+    assert len(seen) == 2
     assert "reference answer" in seen[0] and "reference answer" not in seen[1]
+
+
+def test_stand_in_judge_scores_slang() -> None:
+    assert judge_verdict("ngl it's true fr")["genz_style"] == 9
+    assert judge_verdict("It is true, from the French.")["genz_style"] == 1  # "fr" only as a word
+
+
+def test_too_many_failed_judgements_fail_the_stage() -> None:
+    cfg = EvaluateConfig()  # evaluate.llm.max_failed_fraction: 0.1
+    check_judgements(cfg, 0, 80, [])
+    check_judgements(cfg, 8, 80, ["HTTP 503"] * 8)  # 10%: kept, and counted in the report
+    with pytest.raises(StageFailed, match=r"9 of 80 LLM judgements failed \(over evaluate.llm.max_failed"):
+        check_judgements(cfg, 9, 80, ["APITimeoutError: Request timed out."] * 9)
+    lenient = EvaluateConfig(llm=LLMJudgeConfig(max_failed_fraction=1.0))
+    check_judgements(lenient, 79, 80, ["x"] * 79)
+    with pytest.raises(StageFailed, match=r"80 of 80 LLM judgements failed \(all of them\).*80 x boom"):
+        check_judgements(lenient, 80, 80, ["boom"] * 80)
+
+
+def test_a_wrong_key_is_refused_and_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**python_env(), "GENZ_SERVER_KEY": "sk-right"}
+    with served("judge", "--api-key-env", "GENZ_SERVER_KEY", env=env) as url:
+        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-wrong")
+        judge = LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl")
+        out = judge.judge(ITEMS[:2])
+        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-right")
+        right = LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl").judge(ITEMS[:2])
+        stats = server_stats(url)
+    assert all("AuthenticationError 401" in (j.error or "") for j in out)
+    assert [j.error for j in right] == [None, None]
+    assert stats == {"requests": 2, "unauthorized": 2, "answered": 2}

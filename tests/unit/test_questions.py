@@ -83,3 +83,15 @@ def test_parquet_source(tmp_path: Path) -> None:
 def test_unsupported_extension(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"prepare\.source\.path"):
         load_source(cfg(source=SourceConfig(path=str(tmp_path / "q.csv"))))
+
+
+@pytest.mark.parametrize("blank", [" ", "\t\n", "\u00a0", "\u00a0 \u3000", "\u2003"])
+@pytest.mark.parametrize("field", ["instruction", "response"])
+def test_blank_fields_are_empty_at_the_source_line(tmp_path: Path, field: str, blank: str) -> None:
+    """Whitespace (NBSP and other Unicode spaces included) is not an answer: the error names the source
+    line, not prepare's output one stage later."""
+    p = tmp_path / "q.jsonl"
+    good = {"instruction": "Q?", "context": "", "response": "A.", "category": "open_qa"}
+    p.write_text(json.dumps(good) + "\n" + json.dumps({**good, field: blank}) + "\n")
+    with pytest.raises(ValueError, match=rf"q.jsonl:2: missing or empty field\(s\) \['{field}'\]"):
+        load_source(cfg(source=SourceConfig(path=str(p))))

@@ -1,7 +1,9 @@
+import pytest
+
 from genz_speak.config import ValidationConfig
 from genz_speak.teachers.base import TeacherRequest
 from genz_speak.teachers.rules import RulesTeacher, stylize
-from genz_speak.teachers.validate import check
+from genz_speak.teachers.validate import check, numbers
 
 SRC = "The Eiffel Tower was completed in 1889 and is 330 metres tall. It was very popular."
 
@@ -42,6 +44,36 @@ def test_validation_reasons() -> None:
     assert (
         check("Numbers like 1,000 count.", "", "ngl numbers like 1000 count fr", ValidationConfig()) is None
     )
+
+
+def test_short_answers_may_get_a_real_rewrite() -> None:
+    """NQ-style answers ("2018", a name) are short; a real teacher's rewrite of them runs to a couple of
+    hundred characters, which the ratio alone (4 x max(len, 40) = 160) called too long."""
+    rewrite = (
+        "ok so bestie it was 2018, no cap. that's the year it dropped and honestly it hit different, "
+        "everyone was lowkey obsessed and we're still talking about it fr fr, iconic behaviour tbh"
+    )
+    assert len(rewrite) > 160
+    assert check("2018", "", rewrite, ValidationConfig()) is None
+    assert check("2018", "", "2018 " + "x" * 500, ValidationConfig()).startswith("too long")
+    long_source = "The answer is 2018. " * 30  # the ratio still governs long sources
+    assert check(long_source, "", "2018 " + "y" * (4 * len(long_source)), ValidationConfig()).startswith(
+        "too long"
+    )
+
+
+@pytest.mark.parametrize("sep", [" ", "\u00a0", "\u202f", "\u2009", ","])
+def test_thousands_separators_do_not_split_a_number(sep: str) -> None:
+    assert numbers(f"about 1{sep}000 people, 12{sep}345{sep}678 in all") == {"1000", "12345678"}
+    cfg = ValidationConfig()
+    assert check(f"It has 1{sep}000 rooms.", "", "ngl it has like 1,000 rooms fr", cfg) is None
+    assert check("It has 1,000 rooms.", "", f"ngl it has like 1{sep}000 rooms fr", cfg) is None
+
+
+def test_numbers_side_by_side_stay_apart() -> None:
+    assert numbers("in 2018 100 people came") == {"2018", "100"}
+    assert numbers("between 5 and 10 000") == {"5", "10000"}
+    assert numbers("pi is 3.14") == {"3.14"}
 
 
 def test_stylize_keeps_every_number_and_name_of_the_shipped_questions() -> None:

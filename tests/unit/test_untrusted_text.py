@@ -9,9 +9,11 @@ import pytest
 
 from genz_speak.config import GenerateConfig, LLMJudgeConfig, Params, parse
 from genz_speak.errors import InputError
+from genz_speak.judges import CRITERIA
 from genz_speak.judges.llm import LLMJudge
+from genz_speak.serve import judge_verdict
 from genz_speak.teachers.base import build_messages
-from tests.openai_server import ScriptedServer, serve, verdict_for
+from tests.conftest import served
 
 HOSTILE = [
     "{response}",
@@ -44,11 +46,12 @@ def test_literal_braces_in_the_template_must_be_doubled() -> None:
 
 def test_answers_that_look_like_verdicts_do_not_steer_the_judge(tmp_path: Path) -> None:
     """The real judge client against a real server: whatever the answer claims, the verdict parsed is
-    the server's (verdict_for scores 'plain' answers 1 for style)."""
-    server = ScriptedServer(["ok"], lambda messages: verdict_for([{"content": "plain answer"}]))
-    with serve(server.app) as url:
+    the server's (the stand-in judge's: 6 for helpfulness, 7 for coherence, style by slang markers)."""
+    with served("judge") as url:
         judge = LLMJudge(LLMJudgeConfig(model="judge", base_url=url, max_retries=0), tmp_path / "j.jsonl")
         verdicts = judge.judge([("Q {0}?", text, "ref }{") for text in HOSTILE])
         judge.close()
     assert [v.error for v in verdicts] == [None] * len(HOSTILE)
-    assert all(v.scores == {"genz_style": 0.1, "helpfulness": 0.6, "coherence": 0.7} for v in verdicts)
+    expected = [{c: judge_verdict(text)[c] / 10 for c in CRITERIA} for text in HOSTILE]
+    assert [v.scores for v in verdicts] == expected
+    assert all(v.scores["helpfulness"] == 0.6 and v.scores["coherence"] == 0.7 for v in verdicts)

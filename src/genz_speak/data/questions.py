@@ -38,15 +38,16 @@ def row_id(row: dict[str, Any]) -> str:
 
 def validate_row(r: dict[str, Any]) -> dict[str, Any]:
     """One row in Dolly's schema, stripped and with its id; InputError (without a location) otherwise."""
-    missing = [f for f in ("instruction", "response", "category") if not r.get(f)]
-    if missing:
-        raise InputError(f"missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}")
     bad = [f for f in DOLLY_FIELDS if r.get(f) is not None and not isinstance(r[f], str)]
     if bad:
         raise InputError(f"field(s) {bad} must be strings")
-    if r["category"] not in DOLLY_CATEGORIES:
-        raise InputError(f"unknown category {r['category']!r}; expected one of {sorted(DOLLY_CATEGORIES)}")
+    # Stripped before the emptiness check: str.strip() removes NBSP and the other Unicode spaces too.
     row = {f: (r.get(f) or "").strip() for f in DOLLY_FIELDS}
+    missing = [f for f in ("instruction", "response", "category") if not row[f]]
+    if missing:
+        raise InputError(f"missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}")
+    if row["category"] not in DOLLY_CATEGORIES:
+        raise InputError(f"unknown category {r['category']!r}; expected one of {sorted(DOLLY_CATEGORIES)}")
     row["id"] = row_id(row)
     return row
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from genz_speak.config import EvaluateConfig
 from genz_speak.data.chat import user_message
+from genz_speak.errors import StageFailed
 from genz_speak.io import AppendLog, atomic_open, read_jsonl_tolerant, write_json, write_jsonl
 from genz_speak.judges import CRITERIA
 from genz_speak.judges import text as T
@@ -321,6 +323,7 @@ def _llm_judge(cfg: EvaluateConfig, records: list[dict[str, Any]], cache: Path) 
         if v.error:
             rec["llm"]["error"] = v.error
     failed = sum(v.scores is None for v in verdicts)
+    check_judgements(cfg, failed, len(verdicts), [v.error for v in verdicts if v.error])
     if failed:
         log.warning("%d of %d judgements failed; see llm.error in scores.jsonl", failed, len(verdicts))
     cost = (
@@ -333,10 +336,25 @@ def _llm_judge(cfg: EvaluateConfig, records: list[dict[str, Any]], cache: Path) 
         "failed": failed,
         "cached": sum(v.cached for v in verdicts),
         "requests": judge.requests,
+        "faults": dict(judge.faults),
         "tokens_in": judge.tokens_in,
         "tokens_out": judge.tokens_out,
         "cost_usd": round(cost, 4),
     }
+
+
+def check_judgements(cfg: EvaluateConfig, failed: int, total: int, errors: list[str]) -> None:
+    """A judge that produced nothing, or failed more than `evaluate.llm.max_failed_fraction` of its
+    judgements, fails the stage (StageFailed): its means would be missing or stand on a biased few."""
+    if not failed or (failed < total and failed / total <= cfg.llm.max_failed_fraction):
+        return
+    limit = cfg.llm.max_failed_fraction
+    problem = f"over evaluate.llm.max_failed_fraction={limit}" if failed / total > limit else "all of them"
+    common = Counter(e.split(" - ", 1)[0][:120] for e in errors).most_common(3)
+    raise StageFailed(
+        f"evaluate: {failed} of {total} LLM judgements failed ({problem}); the verdicts so far are cached; "
+        "errors: " + "; ".join(f"{n} x {e}" for e, n in common)
+    )
 
 
 def write_report(path: Path, text: str) -> None:

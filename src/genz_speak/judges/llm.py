@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,14 @@ from typing import Any
 from genz_speak.config import LLMJudgeConfig
 from genz_speak.io import AppendLog, read_jsonl_tolerant
 from genz_speak.judges import CRITERIA
-from genz_speak.llm_client import MalformedReply, call_with_retries, chat_text, make_client, map_concurrent
+from genz_speak.llm_client import (
+    MalformedReply,
+    call_with_retries,
+    chat_text,
+    complete,
+    make_client,
+    map_concurrent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +50,26 @@ SCHEMA = {
 }
 
 
+class BadVerdict(MalformedReply):
+    """A reply that is not a verdict: not JSON, other keys, or a score outside 0-10."""
+
+
 def parse_verdict(text: str) -> dict[str, Any]:
-    """Validate a judge reply; MalformedReply (retried) when it is not JSON or out of range."""
+    """Validate a judge reply; BadVerdict (retried) when it is not JSON or out of range."""
     body = text.strip()
     if body.startswith("```"):
         body = body.strip("`").removeprefix("json").strip()
     try:
         data = json.loads(body)
     except json.JSONDecodeError as err:
-        raise MalformedReply(f"verdict is not JSON: {body[:80]!r}") from err
+        raise BadVerdict(f"verdict is not JSON: {body[:80]!r}") from err
     if not isinstance(data, dict):
-        raise MalformedReply("verdict is not a JSON object")
+        raise BadVerdict("verdict is not a JSON object")
     verdict: dict[str, Any] = {}
     for c in CRITERIA:
         v = data.get(c)
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 10:
-            raise MalformedReply(f"verdict {c}={v!r} is not a number in [0, 10]")
+            raise BadVerdict(f"verdict {c}={v!r} is not a number in [0, 10]")
         verdict[c] = float(v)
     verdict["rationale"] = str(data.get("rationale", ""))[:500]
     return verdict
@@ -80,7 +92,8 @@ class LLMJudge:
         self.requests = 0
         self.tokens_in = 0
         self.tokens_out = 0
-        self._lock = threading.Lock()  # requests and token counts are updated from worker threads
+        self.faults: Counter[str] = Counter()  # failed requests by `fault_label`
+        self._lock = threading.Lock()  # requests, token and fault counts are updated from worker threads
 
     def _key(self, question: str, answer: str, reference: str | None) -> str:
         blob = json.dumps([self.cfg.model, RUBRIC, question, answer, reference], ensure_ascii=False)
@@ -108,14 +121,15 @@ class LLMJudge:
                 kwargs["response_format"] = {"type": "json_schema", "json_schema": SCHEMA}
             with self._lock:
                 self.requests += 1
-            resp = self.client.chat.completions.create(**kwargs)
-            usage = resp.usage
-            with self._lock:
-                self.tokens_in += getattr(usage, "prompt_tokens", 0) or 0
-                self.tokens_out += getattr(usage, "completion_tokens", 0) or 0
+            resp = complete(self.client, **kwargs)  # a reply that is not a chat completion raises here
+            with self._lock:  # a completion whose verdict is unusable was paid for all the same
+                self.tokens_in += getattr(resp.usage, "prompt_tokens", 0) or 0
+                self.tokens_out += getattr(resp.usage, "completion_tokens", 0) or 0
             return parse_verdict(chat_text(resp))
 
         res = call_with_retries(once, self.cfg.max_retries)
+        with self._lock:
+            self.faults.update(res.faults)
         return res.value, res.error
 
     def judge(self, items: list[tuple[str, str, str]]) -> list[Judgement]:

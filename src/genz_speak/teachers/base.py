@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from genz_speak.config import FewShotConfig, GenerateConfig
@@ -26,6 +26,7 @@ class TeacherResult:
     tokens_out: int = 0
     retries: int = 0
     teacher: str | None = None  # who wrote it, where a teacher has more than one source (corpus + rules)
+    faults: dict[str, int] = field(default_factory=dict)  # failed requests by `llm_client.fault_label`
 
 
 class Teacher(Protocol):

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from genz_speak.config import GenerateConfig
-from genz_speak.llm_client import EndpointPool, call_with_retries, chat_text, map_concurrent
+from genz_speak.llm_client import EndpointPool, call_with_retries, chat_text, complete, map_concurrent
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 
 
@@ -35,12 +35,12 @@ class OpenAITeacher:
 
         def once() -> tuple[str, Any]:
             with self.pool.client() as client:  # each try, retries included, takes an endpoint in rotation
-                resp = client.chat.completions.create(**kwargs)
+                resp = complete(client, **kwargs)
                 return chat_text(resp), resp.usage
 
         res = call_with_retries(once, self.cfg.max_retries)
         if res.error is not None:
-            return TeacherResult(id=req.id, text=None, error=res.error, retries=res.retries)
+            return TeacherResult(req.id, None, res.error, retries=res.retries, faults=res.faults)
         text, usage = res.value
         return TeacherResult(
             id=req.id,
@@ -48,6 +48,7 @@ class OpenAITeacher:
             tokens_in=getattr(usage, "prompt_tokens", 0) or 0,
             tokens_out=getattr(usage, "completion_tokens", 0) or 0,
             retries=res.retries,
+            faults=res.faults,
         )
 
     def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +18,7 @@ from tqdm import tqdm
 
 from genz_speak.config import GenerateConfig
 from genz_speak.data.dataset import dataset_row
-from genz_speak.errors import InputError
+from genz_speak.errors import InputError, StageFailed
 from genz_speak.io import AppendLog, read_jsonl_tolerant, write_json, write_jsonl
 from genz_speak.teachers import Teacher, TeacherRequest, TeacherResult
 from genz_speak.teachers.base import build_messages, pick_exemplars
@@ -87,7 +90,6 @@ class Progress:
     done: int = 0
     failed: int = 0
     retries: int = 0
-    tokens_in: int = 0
     tokens_out: int = 0
     started: float = field(default_factory=time.monotonic)
     last_log: float = 0.0
@@ -96,7 +98,6 @@ class Progress:
         self.done += 1
         self.failed += res.text is None
         self.retries += res.retries
-        self.tokens_in += res.tokens_in
         self.tokens_out += res.tokens_out
 
     def maybe_log(self, every_s: float = 30.0) -> None:
@@ -122,6 +123,12 @@ def _batched(items: list[TeacherRequest], n: int) -> Iterator[list[TeacherReques
         yield items[i : i + n]
 
 
+def _reason_counts(rejects: list[dict[str, Any]], top: int = 3) -> str:
+    """The commonest reasons, each by its stem ("too long", "teacher: APITimeoutError: ...")."""
+    stems = Counter(re.split(r" \(|: \[", r["reason"], maxsplit=1)[0][:120] for r in rejects)
+    return "; ".join(f"{n} x {stem}" for stem, n in stems.most_common(top))
+
+
 def generate(
     cfg: GenerateConfig,
     splits: dict[str, list[dict[str, Any]]],
@@ -133,18 +140,27 @@ def generate(
 ) -> dict[str, Any]:
     """Rewrite every row of `splits` (name -> rows), reusing cached rewrites; write dataset, rejects, metrics.
 
-    Each finished rewrite is appended to `cache_path` and flushed before the next, so a killed run resumes
-    where it stopped. The dataset is written atomically at the end, in input order.
+    Each finished row (its rewrite, or the teacher's error once it gave up, with the row's retries and
+    faults) is appended to `cache_path` and flushed before the next, so a killed run resumes where it
+    stopped and the metrics count the requests of every run that built the dataset. The dataset is
+    written atomically at the end, in input order; a run with more rows rejected than
+    `generate.max_reject_fraction`, or none left, raises StageFailed and writes nothing.
     """
+    run_id = uuid.uuid4().hex[:12]
     rows = [(name, r) for name, split_rows in splits.items() for r in split_rows]
     check_corpus_coverage(cfg, [r for _, r in rows], corpus)
     # Exemplars never come from the held-out questions: their answers are the evaluation's.
     messages = chats(cfg, [r for _, r in rows], corpus, frozenset(r["id"] for r in splits.get("heldout", [])))
     rewrites = {r["id"]: r["genz"] for r in corpus}
     keys = {r["id"]: cache_key(cfg, r, messages[r["id"]], rewrites) for _, r in rows}
+    wanted = set(keys.values())
     cached: dict[str, dict[str, Any]] = {}
+    history: list[dict[str, Any]] = []  # every record of this dataset's rows, failed tries included
     for rec in read_jsonl_tolerant(cache_path):
-        cached[rec["key"]] = rec
+        if rec["key"] in wanted:
+            history.append(rec)
+            if "output" in rec:
+                cached[rec["key"]] = rec
     todo = [
         TeacherRequest(id=r["id"], row=r, messages=messages[r["id"]])
         for _, r in rows
@@ -169,19 +185,18 @@ def generate(
                 progress.add(res)
                 bar.update(1)
                 progress.maybe_log()
+                rec: dict[str, Any] = {"key": keys[res.id], "id": res.id}
                 if res.text is None:
                     failures[res.id] = res.error or "teacher failed"
-                    continue
-                rec = {
-                    "key": keys[res.id],
-                    "id": res.id,
-                    "output": res.text,
-                    "tokens_in": res.tokens_in,
-                    "tokens_out": res.tokens_out,
-                    **({"teacher": res.teacher} if res.teacher else {}),
-                }
+                    rec["error"] = failures[res.id]
+                else:
+                    rec |= {"output": res.text, "tokens_in": res.tokens_in, "tokens_out": res.tokens_out}
+                    if res.teacher:
+                        rec["teacher"] = res.teacher
+                    cached[rec["key"]] = rec
+                rec |= {"retries": res.retries, "faults": res.faults, "run": run_id}
                 cache.write(rec)
-                cached[rec["key"]] = rec
+                history.append(rec)
     teacher_stats = teacher.stats()
     teacher.close()
     wall = time.monotonic() - start
@@ -204,27 +219,43 @@ def generate(
                 "teacher": rec.get("teacher") or _teacher_name(cfg),
             }
         )
+    if rows and len(rejects) / len(rows) > cfg.max_reject_fraction:
+        problem = f"over generate.max_reject_fraction={cfg.max_reject_fraction}"
+    elif rows and not dataset:
+        problem = "no row is left"
+    else:
+        problem = None
+    if problem:
+        # Nothing is written: the last good outputs stay; the rewrites and failures so far stay cached.
+        kept = f"{cache_path} keeps the {len(cached)} rewrites so far for the rerun"
+        raise StageFailed(
+            f"generate: {len(rejects)}/{len(rows)} rows rejected ({problem}); outputs left as they were; "
+            f"{kept}; reasons: {_reason_counts(rejects)}"
+        )
+    faults: Counter[str] = Counter()
+    for rec in history:
+        faults.update(rec.get("faults", {}))
     write_jsonl(out_dir / "genz_dataset.jsonl", dataset)
     write_jsonl(out_dir / "rejects.jsonl", rejects)
     metrics = {
         "rows": len(dataset),
         "rejected": len(rejects),
         "rows_by_split": {s: sum(d["split"] == s for d in dataset) for s in splits},
+        # This run:
         "teacher_calls": len(todo),
         "cache_hits": len(rows) - len(todo),
         "teacher_failures": len(failures),
-        "retries": progress.retries,
-        "tokens_in": progress.tokens_in,
-        "tokens_out": progress.tokens_out,
         "wall_s": round(wall, 3),
         "rows_per_s": round(len(todo) / wall, 3) if wall > 0 and todo else None,
         "tokens_per_s": round(progress.tokens_out / wall, 1) if wall > 0 and progress.tokens_out else None,
-        **teacher_stats,
+        # Every run whose requests built this dataset (its rows' records in the cache), this one included:
+        "runs": len({rec.get("run") for rec in history}),
+        "requests": sum(rec.get("retries", 0) + 1 for rec in history),
+        "retries": sum(rec.get("retries", 0) for rec in history),
+        "faults": dict(faults),
+        "tokens_in": sum(rec.get("tokens_in", 0) for rec in history),
+        "tokens_out": sum(rec.get("tokens_out", 0) for rec in history),
+        **teacher_stats,  # the openai teacher's endpoints: this run
     }
     write_json(metrics_path, metrics)
-    if rows and len(rejects) / len(rows) > cfg.max_reject_fraction:
-        raise RuntimeError(
-            f"{len(rejects)}/{len(rows)} rows rejected (over generate.max_reject_fraction="
-            f"{cfg.max_reject_fraction}); see {out_dir / 'rejects.jsonl'}"
-        )
     return metrics

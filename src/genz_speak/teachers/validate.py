@@ -7,7 +7,10 @@ from difflib import SequenceMatcher
 
 from genz_speak.config import ValidationConfig
 
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_GROUP_SPACES = " \u00a0\u202f\u2009"  # space, no-break, narrow no-break, thin: thousands separators
+# "1 000" / "12 345 678" (groups of three after a space) is one number; otherwise digits with . or , inside.
+_NUMBER = re.compile(rf"(?<!\d)\d{{1,3}}(?:[{_GROUP_SPACES}]\d{{3}})+(?:[.,]\d+)?(?!\d)|\d+(?:[.,]\d+)*")
+_SEPARATORS = str.maketrans("", "", "," + _GROUP_SPACES)
 # A capitalised word not at the start of a sentence: a cheap proxy for a named entity.
 _ENTITY = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _REFUSAL = re.compile(
@@ -17,7 +20,8 @@ _REFUSAL = re.compile(
 
 
 def numbers(text: str) -> set[str]:
-    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+    """The numbers in `text`, thousands separators dropped: "1,000", "1 000" and "1000" are one number."""
+    return {n.translate(_SEPARATORS) for n in _NUMBER.findall(text)}
 
 
 def check(source: str, prompt: str, output: str, cfg: ValidationConfig) -> str | None:
@@ -25,8 +29,12 @@ def check(source: str, prompt: str, output: str, cfg: ValidationConfig) -> str |
     out = output.strip()
     if len(out) < cfg.min_chars:
         return f"too short ({len(out)} < {cfg.min_chars} chars)"
-    if len(out) > cfg.max_length_ratio * max(len(source), 40):
-        return f"too long ({len(out)} chars, over {cfg.max_length_ratio}x the source)"
+    cap = max(cfg.max_length_ratio * len(source), cfg.max_length_floor)
+    if len(out) > cap:
+        return (
+            f"too long ({len(out)} chars, over {cap:.0f}: {cfg.max_length_ratio}x the source's "
+            f"{len(source)}, at least {cfg.max_length_floor})"
+        )
     if _REFUSAL.search(out) and not _REFUSAL.search(source):
         return "refusal"
     if prompt.strip() and out in prompt and len(out) > len(source):

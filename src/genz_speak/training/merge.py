@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from genz_speak.config import MergeConfig
 from genz_speak.data.chat import user_message
 from genz_speak.errors import InputError
+from genz_speak.io import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,7 @@ def merge(
             f"merged model differs from base + adapter by max |logit diff| {diff:.4f} > merge.tolerance "
             f"{cfg.tolerance}; the merged folder was not written"
         )
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     log.info(
         "merged model written to %s (max |logit diff| %.4f, adapter effect %.4f)",
         out_dir,
