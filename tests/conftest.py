@@ -177,6 +177,16 @@ def server_stats(url: str) -> dict[str, int]:
     return stats
 
 
+def write_prepared(dest: Path, train: list[Any], validation: list[Any], heldout: list[Any]) -> None:
+    """A project folder as prepare leaves it, for a later stage run on its own: the three splits, and the
+    data files generate and evaluate read beside them (the corpus: few-shot exemplars, the style model)."""
+    from genz_speak.io import write_jsonl
+
+    for name, rows in (("train", train), ("validation", validation), ("heldout", heldout)):
+        write_jsonl(dest / f"data/prepare/{name}.jsonl", rows)
+    shutil.copy(ROOT / "data/genz_corpus.jsonl", dest / "data/genz_corpus.jsonl")
+
+
 def copy_project(dest: Path) -> None:
     """The files a clone of the project has (tracked sources), without outputs."""
     for name in ("stages", "src", "dvc.yaml", "params.yaml", *DATA_FILES, "pyproject.toml"):

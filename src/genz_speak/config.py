@@ -39,6 +39,35 @@ HttpURL = Annotated[str, AfterValidator(_http_url)]
 EMBEDDED_STUDENT = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 
+# Keys that change how a stage runs, never what it writes: threads, endpoints and credentials' names,
+# timeouts and retries, resume and checkpoint cadence, pass/fail gates that are not recorded, and vLLM's
+# memory and graph settings. dvc.yaml lists every other key under its stage's params, so changing one of
+# these reruns nothing (tests/unit/test_config.py holds the two in step).
+OPERATIONAL_KEYS = frozenset(
+    {
+        "generate.base_url",  # the rewrite cache is keyed by model and prompt, not by endpoint
+        "generate.base_urls",
+        "generate.api_key_env",
+        "generate.concurrency",
+        "generate.request_timeout",
+        "generate.max_retries",
+        "generate.endpoint_max_failures",
+        "generate.endpoint_cooldown",
+        "generate.max_reject_fraction",
+        "generate.vllm.gpu_memory_utilization",
+        "generate.vllm.enforce_eager",
+        "train.cpu_threads",
+        "train.resume",
+        "train.save_steps",
+        "evaluate.llm.base_url",
+        "evaluate.llm.api_key_env",
+        "evaluate.llm.concurrency",
+        "evaluate.llm.request_timeout",
+        "evaluate.llm.max_retries",
+        "evaluate.llm.max_failed_fraction",
+    }
+)
+
 
 # ----------------------------------------------------------------------------------------------- prepare
 @dataclass(config=_STRICT)

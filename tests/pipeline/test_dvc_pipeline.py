@@ -94,6 +94,18 @@ def test_second_repro_does_nothing(repo: Path) -> None:
     assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
 
 
+def test_operational_keys_rerun_nothing(repo: Path) -> None:
+    """Threads, concurrency, timeouts and resume change how a stage runs, not what it writes."""
+    set_param(repo, "train", "cpu_threads", 1)
+    set_param(repo, "train", "resume", True)
+    set_param(repo, "generate", "concurrency", 2)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["llm"]["request_timeout"] = 30.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(sh(repo, "dvc", "repro")) == []
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
+
+
 def test_evaluate_param_reruns_only_evaluate_plot_and_export(repo: Path) -> None:
     set_param(repo, "evaluate", "seed", 1)  # new intervals: the metrics change, so the plots and card rerun
     assert ran(sh(repo, "dvc", "repro")) == ["evaluate", "plot", "export"]
@@ -205,12 +217,12 @@ def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
     assert refused.returncode != 0 and "duplicate key" in refused.stderr
     assert (repo / "metrics/generate.json").is_file()
 
-    set_param(repo, "generate", "max_retries", -1)
+    set_param(repo, "generate", "batch_size", 0)
     failed = subprocess.run(
         ["dvc", "repro"], cwd=repo, env=python_env(), capture_output=True, text=True, timeout=600
     )
     assert failed.returncode != 0
-    assert "params.yaml: generate.max_retries: Input should be greater than or equal to 0" in failed.stderr
+    assert "params.yaml: generate.batch_size: Input should be greater than 0" in failed.stderr
     # DVC removed the failed stage's outputs, cached or not, before its command ran ...
     for out in ("data/generate/genz_dataset.jsonl", "data/generate/rejects.jsonl", "metrics/generate.json"):
         assert not (repo / out).exists(), out

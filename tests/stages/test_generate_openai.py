@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from genz_speak.data.questions import validate_rows
-from genz_speak.io import read_jsonl, read_jsonl_tolerant, write_jsonl
+from genz_speak.io import read_jsonl, read_jsonl_tolerant
 from genz_speak.serve import launch
 from tests.conftest import (
     FAULT_LABELS,
@@ -25,6 +24,7 @@ from tests.conftest import (
     served,
     server_stats,
     stage_command,
+    write_prepared,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,10 +38,7 @@ def start_server(model: Path, *options: str) -> tuple[subprocess.Popen[bytes], s
 @pytest.fixture
 def workdir(tmp_path: Path, tiny_model: Path) -> Path:
     rows = validate_rows(read_jsonl(ROOT / "data/questions.jsonl")[:ROWS], "questions")
-    write_jsonl(tmp_path / "data/prepare/train.jsonl", rows[:20])
-    write_jsonl(tmp_path / "data/prepare/validation.jsonl", rows[20:25])
-    write_jsonl(tmp_path / "data/prepare/heldout.jsonl", rows[25:])
-    shutil.copy(ROOT / "data/genz_corpus.jsonl", tmp_path / "data/genz_corpus.jsonl")  # few-shot exemplars
+    write_prepared(tmp_path, rows[:20], rows[20:25], rows[25:])
     return tmp_path
 
 

@@ -17,11 +17,11 @@ import yaml
 
 from genz_speak.config import GenerateConfig
 from genz_speak.data.questions import validate_rows
-from genz_speak.io import free_port, read_jsonl, write_jsonl
+from genz_speak.io import free_port, read_jsonl
 from genz_speak.serve import launch
 from genz_speak.teachers import build_teacher
 from genz_speak.teachers.run import generate
-from tests.conftest import ROOT, python_env, stage_command
+from tests.conftest import ROOT, python_env, stage_command, write_prepared
 
 pytestmark = pytest.mark.slow
 SOURCE = validate_rows(read_jsonl(ROOT / "data/questions.jsonl"), "questions")
@@ -65,9 +65,7 @@ def test_stage_spreads_rows_over_two_servers(servers: list[Any], tmp_path: Path)
     a = serve(servers, "--latency", "0.05")
     b = serve(servers, "--latency", "0.05")
     src = rows(40)
-    write_jsonl(tmp_path / "data/prepare/train.jsonl", src[:30])
-    write_jsonl(tmp_path / "data/prepare/validation.jsonl", src[30:35])
-    write_jsonl(tmp_path / "data/prepare/heldout.jsonl", src[35:])
+    write_prepared(tmp_path, src[:30], src[30:35], src[35:])
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["generate"].update(teacher="openai", model="rules", base_urls=[a, b], concurrency=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -24,7 +24,7 @@ import yaml
 from genz_speak.data.dataset import dataset_row
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, read_jsonl_tolerant, write_jsonl
-from tests.conftest import ROOT, python_env, stage_command
+from tests.conftest import ROOT, python_env, stage_command, write_prepared
 from tests.stages.test_generate_openai import start_server
 
 pytestmark = pytest.mark.slow
@@ -57,9 +57,7 @@ def lines_in(path: Path) -> int:
 def project(tmp: Path, params: dict[str, Any]) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    write_jsonl(tmp / "data/prepare/train.jsonl", ROWS[:30])
-    write_jsonl(tmp / "data/prepare/validation.jsonl", ROWS[30:38])
-    write_jsonl(tmp / "data/prepare/heldout.jsonl", ROWS[38:])
+    write_prepared(tmp, ROWS[:30], ROWS[30:38], ROWS[38:])
     return tmp
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genz_speak.config import Params, load_params, parse
+from genz_speak.config import OPERATIONAL_KEYS, Params, load_params, parse
 from genz_speak.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +33,30 @@ def test_params_yaml_parses_and_spells_out_every_key() -> None:
     stages' dvc.yaml params, not config.py, decide what reruns)."""
     assert isinstance(load_params(ROOT / "params.yaml"), Params)
     assert _keys(yaml.safe_load((ROOT / "params.yaml").read_text())) == _fields(Params)
+
+
+def _stage_params(stage: dict) -> set[str]:
+    """The dotted leaf keys a dvc.yaml stage depends on (a listed section stands for all its keys)."""
+    every = _fields(Params)
+    keys = set()
+    for entry in stage.get("params", []):
+        listed = {k for k in every if k == entry or k.startswith(entry + ".")}
+        assert listed, f"dvc.yaml lists {entry!r}, which is no params.yaml key"
+        keys |= listed
+    return keys
+
+
+def test_each_stage_depends_on_every_key_it_reads_except_operational_ones() -> None:
+    """A stage reruns when a key that shapes its outputs changes and only then: dvc.yaml lists each
+    section's keys except config.OPERATIONAL_KEYS (threads, endpoints, timeouts, retries, gates)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    every = _fields(Params)
+    assert every >= OPERATIONAL_KEYS
+    for name, stage in stages.items():
+        own = {k for k in _stage_params(stage) if k.startswith(name + ".")}
+        wanted = {k for k in every if k.startswith(name + ".")} - OPERATIONAL_KEYS
+        assert own == wanted, (name, sorted(own ^ wanted))
+        assert not _stage_params(stage) & OPERATIONAL_KEYS, name
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
