@@ -51,12 +51,12 @@ def student_tokenizer() -> Any:
     there brings along; scripts/gpu_issue19.sh prep writes it)."""
     from transformers import AutoTokenizer
 
-    from genz_speak.models import EMBEDDED_GGUF, embedded_student_dir
+    from genz_speak.models import EMBEDDED_GGUF, embedded_student_dir, load_gguf_tokenizer
 
     saved = os.environ.get("GENZ_STUDENT_TOKENIZER")
     if saved:
         return AutoTokenizer.from_pretrained(saved)
-    return AutoTokenizer.from_pretrained(embedded_student_dir(), gguf_file=EMBEDDED_GGUF)
+    return load_gguf_tokenizer(embedded_student_dir() / EMBEDDED_GGUF)
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +78,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=512,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=None,  # the pad token is <|im_end|>: an embedding padding row would never learn it
         tie_word_embeddings=True,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)

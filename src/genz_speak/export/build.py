@@ -14,6 +14,7 @@ from genz_speak.config import ExportConfig, GgufFormat, Params
 from genz_speak.errors import InputError
 from genz_speak.export import card, ollama
 from genz_speak.export.gguf_file import write_gguf
+from genz_speak.models import load_gguf_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -65,9 +66,9 @@ def _check_gguf(
     max |logit diff| and how often the most likely next token agrees, over the prompts' real positions;
     how its tokenizer disagrees with the merged model's."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    other_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    other_tok = load_gguf_tokenizer(path)  # as llama.cpp reads it (transformers 5.17 takes the wrong EOS)
     problems = _tokenizer_agreement(tokenizer, other_tok, texts)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     logits = _logits(model, inputs)
