@@ -52,6 +52,9 @@ def test_fact_check_catches_a_changed_number_and_a_missing_name() -> None:
         "platform 2", "The train leaves from platform 4.", "Which platform?", "Moved from platform 2 to 4."
     )
     assert (ctx.numbers_unsupported, ctx.numbers_kept) == (0, 0.0)
+    # a possessive names the same thing ("the Sun's heat" keeps "the Sun")
+    own = check_facts("the Sun’s heat lifts it", "The Sun evaporates water.", "What drives the water cycle?")
+    assert (own.names_kept, own.names_unsupported) == (1.0, 0)
 
 
 def test_coherence_punishes_structure_not_register() -> None:

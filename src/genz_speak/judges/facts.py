@@ -71,6 +71,11 @@ def numbers(text: str) -> set[float]:
     return set().union(*number_readings(text)) if text else set()
 
 
+def _stem(word: str) -> str:
+    """A word without its possessive ending: "Sun's" names the Sun, "Jones'" names Jones."""
+    return re.sub(r"'s?$", "", word)
+
+
 def names(text: str) -> set[str]:
     """Lowercased capitalised words of a text that are not ordinary sentence openers: a cheap proxy for
     the names (people, places, works, brands) it mentions."""
@@ -82,7 +87,7 @@ def names(text: str) -> set[str]:
                 continue
             if i == 0 and w[1:].islower() and len(toks) > 1 and not toks[1][:1].isupper():
                 continue  # a capital that only starts the sentence
-            found.add(w.lower())
+            found.add(_stem(w).lower())
     return found
 
 
@@ -106,8 +111,8 @@ def check_facts(answer: str, reference: str, instruction: str, context: str = ""
     # languages") as claims.
     unsupported = [r for r in number_readings(answer, words=False) if not r & support]
     key_names = names(reference) - names(instruction)
-    padded = " " + " ".join(w.lower() for w in words(answer)) + " "
-    known = {w.lower() for w in words(" ".join((reference, instruction, context)))}
+    padded = " " + " ".join(_stem(w).lower() for w in words(answer)) + " "
+    known = {_stem(w).lower() for w in words(" ".join((reference, instruction, context)))}
     return FactCheck(
         numbers_kept=(len(ref_numbers & ans_numbers) / len(ref_numbers)) if ref_numbers else None,
         numbers_unsupported=len(unsupported),
