@@ -264,6 +264,22 @@ def map_concurrent(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def sampling_args(
+    model: str, temperature: float, top_p: float | None = None, max_tokens: int | None = None
+) -> dict[str, Any]:
+    """Sampling arguments of a chat completion for `model`. OpenAI's gpt-5 family (reasoning models)
+    refuses any temperature or top_p but its default and counts output as `max_completion_tokens`; other
+    servers take the classic arguments."""
+    if model.startswith("gpt-5"):
+        return {} if max_tokens is None else {"max_completion_tokens": max_tokens}
+    args: dict[str, Any] = {"temperature": temperature}
+    if top_p is not None:
+        args["top_p"] = top_p
+    if max_tokens is not None:
+        args["max_tokens"] = max_tokens
+    return args
+
+
 def complete(client: openai.OpenAI, **kwargs: Any) -> ChatCompletion:
     """One chat completion request. A 200 that is not a chat completion raises NotJSONBody (retried): for a
     body labelled application/json that is not JSON the client raises JSONDecodeError, and for any other

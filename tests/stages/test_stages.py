@@ -157,7 +157,7 @@ def test_merge_fails_above_tolerance_and_writes_nothing(merged: Path, tmp_path: 
         "merge", str(tmp_path / "params.yaml"), out=tmp_path / "merged", metrics=tmp_path / "merge.json"
     )
     proc = subprocess.run(cmd, cwd=merged, env=python_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0 and "merge.tolerance" in proc.stderr
+    assert proc.returncode == 1 and "merge.tolerance" in proc.stderr  # a failed check, not bad input (2)
     assert not (tmp_path / "merged").exists()
 
 
@@ -259,7 +259,7 @@ def test_export_fails_above_tolerance_and_writes_nothing(evaluated: Path, tmp_pa
         "export", str(tmp_path / "params.yaml"), out=tmp_path / "export", metrics=tmp_path / "export.json"
     )
     proc = subprocess.run(cmd, cwd=evaluated, env=python_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "export.tolerance.q8_0" in proc.stderr
+    assert proc.returncode == 1 and "export.tolerance.q8_0" in proc.stderr
     assert not (tmp_path / "export").exists() and not (tmp_path / "export.tmp").exists()
     assert not (tmp_path / "export.json").exists()
 

@@ -24,3 +24,16 @@ def test_valid_verdict_and_code_fence() -> None:
 def test_invalid_verdicts_are_malformed(reply: str) -> None:
     with pytest.raises(MalformedReply):
         parse_verdict(reply)
+
+
+def test_sampling_args_leave_gpt5_at_its_defaults() -> None:
+    from genz_speak.llm_client import sampling_args
+
+    assert sampling_args("gpt-5-mini", 0.7, 0.95, 384) == {"max_completion_tokens": 384}
+    assert sampling_args("gpt-5-mini", 0.0) == {}
+    assert sampling_args("Qwen/Qwen3-8B", 0.7, 0.95, 384) == {
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "max_tokens": 384,
+    }
+    assert sampling_args("judge", 0.0) == {"temperature": 0.0}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genz_speak.config import ExportConfig, GgufFormat, Params
-from genz_speak.errors import InputError
+from genz_speak.errors import StageFailed
 from genz_speak.export import card, ollama
 from genz_speak.export.gguf_file import write_gguf
 from genz_speak.models import load_gguf_tokenizer
@@ -137,7 +137,7 @@ def _write_ggufs(
             failures.append(f"{path.name}: max |logit diff| {diff:.4f} > export.tolerance.{fmt} {tolerance}")
         failures += [f"{path.name}: {p}" for p in problems]
     if failures:
-        raise InputError("export checks failed, nothing written:\n  " + "\n  ".join(failures))
+        raise StageFailed("export checks failed, nothing written:\n  " + "\n  ".join(failures))
 
     eos = reference.generation_config.eos_token_id
     eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]

@@ -28,6 +28,7 @@ from genz_speak.llm_client import (
     complete,
     make_client,
     map_concurrent,
+    sampling_args,
 )
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,8 @@ class LLMJudge:
         kwargs: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": self._messages(question, answer, reference),
+            **sampling_args(self.cfg.model, temperature=0.0),
         }
-        if not self.cfg.model.startswith("gpt-5"):  # gpt-5 models accept only the default temperature
-            kwargs["temperature"] = 0.0
 
         def once() -> dict[str, Any]:
             if self.cfg.json_schema:

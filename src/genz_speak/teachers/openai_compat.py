@@ -7,7 +7,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from genz_speak.config import GenerateConfig
-from genz_speak.llm_client import EndpointPool, call_with_retries, chat_text, complete, map_concurrent
+from genz_speak.llm_client import (
+    EndpointPool,
+    call_with_retries,
+    chat_text,
+    complete,
+    map_concurrent,
+    sampling_args,
+)
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 
 
@@ -27,11 +34,12 @@ class OpenAITeacher:
 
     def _request(self, req: TeacherRequest) -> TeacherResult:
         s = self.cfg.sampling
-        kwargs: dict[str, Any] = {"model": self.cfg.model, "messages": req.messages, "seed": s.seed}
-        if not self.cfg.model.startswith("gpt-5"):  # gpt-5 models accept only their default sampling
-            kwargs |= {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens}
-        else:
-            kwargs["max_completion_tokens"] = s.max_new_tokens
+        kwargs: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": req.messages,
+            "seed": s.seed,
+            **sampling_args(self.cfg.model, s.temperature, s.top_p, s.max_new_tokens),
+        }
 
         def once() -> tuple[str, Any]:
             with self.pool.client() as client:  # each try, retries included, takes an endpoint in rotation

@@ -10,7 +10,7 @@ from typing import Any
 
 from genz_speak.config import MergeConfig
 from genz_speak.data.chat import user_message
-from genz_speak.errors import InputError
+from genz_speak.errors import InputError, StageFailed
 from genz_speak.io import replace_dir
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def merge(
     }
     if diff > cfg.tolerance:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError(
+        raise StageFailed(  # a failed check, not bad input: exit 1
             f"merged model differs from base + adapter by max |logit diff| {diff:.4f} > merge.tolerance "
             f"{cfg.tolerance}; the merged folder was not written"
         )
