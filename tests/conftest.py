@@ -78,7 +78,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=512,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        pad_token_id=None,  # the pad token is <|im_end|>: an embedding padding row would never learn it
+        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
