@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, python_env, served, server_stats, tiny_params
+from tests.conftest import ROOT, copy_project, python_env, served, server_stats, tiny_params
 
 pytestmark = pytest.mark.slow
 STAGES = ["prepare", "generate", "train", "merge", "evaluate", "plot", "export"]
@@ -42,6 +42,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path
     sh(repo, "git", "config", "user.name", "test")
     sh(repo, "git", "config", "user.email", "test@localhost")
     sh(repo, "dvc", "init", "-q")
+    shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")  # the vega templates dvc.yaml's plots name
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")
     out = sh(repo, "dvc", "repro")
@@ -86,6 +87,33 @@ def test_repro_outputs_and_lock(repo: Path) -> None:
         ]
         == 12
     )
+
+
+def test_the_declared_plots_render_with_their_templates(repo: Path) -> None:
+    """`dvc plots show --json` draws dvc.yaml's plots from evaluate's data files through the templates in
+    .dvc/plots (what `dvc plots diff` overlays across revisions)."""
+    data = json.loads(sh(repo, "dvc", "plots", "show", "--json"))["data"]
+    titles = (
+        "Training loss",
+        "Mean score per group (95% interval)",
+        "Fine-tuning effect: Gen - Base model, paired (95% interval)",
+        "Score distribution per group",
+    )
+    for title in titles:
+        assert data[title][0]["type"] == "vega", title
+        assert data[title][0]["content"]["$schema"].startswith("https://vega.github.io/schema/vega-lite")
+    values = {title: data[title][0]["content"]["data"]["values"] for title in titles}
+    means = values["Mean score per group (95% interval)"]
+    assert {(v["group"], v["criterion"]) for v in means} >= {
+        (g, c)
+        for g in ("base", "base_model", "gen", "train")
+        for c in ("genz_style", "helpfulness", "coherence")
+    }
+    assert all(float(v["ci_low"]) <= float(v["mean"]) <= float(v["ci_high"]) for v in means)
+    paired = values["Fine-tuning effect: Gen - Base model, paired (95% interval)"]
+    assert sorted(v["criterion"] for v in paired) == ["coherence", "genz_style", "helpfulness"]
+    assert len(values["Score distribution per group"]) == 4 * 3 * 12  # groups x criteria x answers
+    assert values["Training loss"]
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
