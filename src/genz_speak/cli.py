@@ -30,8 +30,13 @@ def main() -> None:
         )
     )
     args = parser.parse_args()
-    commands = {"serve": serve.run, "chat": chat.run, "push": hub.run, "judge-check": check.run}
-    commands["profile"] = profiles.run
+    commands = {
+        "serve": serve.run,
+        "chat": chat.run,
+        "push": hub.run,
+        "judge-check": check.run,
+        "profile": profiles.run,
+    }
     commands[args.command](args)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from genz_speak.errors import InputError
-from genz_speak.io import atomic_open
+from genz_speak.io import atomic_open, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ class LayerFeatures:
     def load(cls, name: str, layers: int, cache_dir: Path) -> LayerFeatures:
         """The LM `name` cut to its first `layers` layers. The cut model is saved under `cache_dir` on first
         use (converting the embedded GGUF takes most of a minute; the saved cut loads in a second)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from genz_speak.models import device, load_judge_lm, model_fingerprint
+        from genz_speak.models import load_causal_lm, load_judge_lm, load_tokenizer, model_fingerprint
 
         origin = model_fingerprint(Path(name)) if Path(name).is_dir() else name
         key = hashlib.sha256(json.dumps([origin, layers]).encode()).hexdigest()[:16]
@@ -75,10 +73,8 @@ class LayerFeatures:
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            tmp.replace(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-        return cls(AutoModelForCausalLM.from_pretrained(folder).to(device()), tokenizer)
+            replace_dir(tmp, folder)
+        return cls(load_causal_lm(folder), load_tokenizer(folder))
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         import torch
