@@ -6,12 +6,12 @@
     python benchmarks/generate_throughput.py engines --model DIR     # GPU: vllm vs transformers teachers
 
 `concurrency` starts `genz-speak serve rules --latency S` (no weights: every answer costs a fixed latency,
-like a remote API) and runs the stage's own `generate()` with the openai teacher at each concurrency,
-on fresh caches; rows/s and the ratio to concurrency 1. `engines` runs `generate()` with the `vllm` and
+like a remote API) and runs the stage's own `rewrite_splits()` with the openai teacher at each concurrency,
+on fresh caches; rows/s and the ratio to concurrency 1. `engines` runs `rewrite_splits()` with the `vllm` and
 the `transformers` teacher on the same source rows (the project's questions, repeated with distinct ids
 up to --rows) and the same sampling; it reports the teacher's start-up, the stage's generate wall time,
 output tokens/s and rows/s, and the ratio of each, end to end included. `replicas` starts N servers of
-one model and runs `generate()` with `base_urls` = the first 1, 2, ... of them (concurrency per endpoint
+one model and runs `rewrite_splits()` with `base_urls` = the first 1, 2, ... of them (concurrency per endpoint
 = a server's capacity): either `genz-speak serve rules --latency S --max-concurrent C` (each replica
 answers C requests at a time, like a GPU server's batch) or a model folder (one request at a time, one
 CPU thread per replica); rows/s and the ratio to one replica.
@@ -32,9 +32,9 @@ from typing import Any
 from genz_speak.config import GenerateConfig, SamplingConfig
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl
-from genz_speak.serve import launch
+from genz_speak.pipeline.generate import rewrite_splits
 from genz_speak.teachers import build_teacher
-from genz_speak.teachers.run import generate
+from genz_speak.testing.serve import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def timed_generate(cfg: GenerateConfig, rows: list[dict[str, Any]], work: Path) 
     start = time.perf_counter()
     teacher = build_teacher(cfg)
     ready = time.perf_counter()
-    metrics = generate(cfg, {"train": rows}, teacher, work / "out", work / "cache.jsonl", work / "m.json")
+    metrics = rewrite_splits(cfg, {"train": rows}, teacher, work / "out", work / "cache.jsonl")
     end = time.perf_counter()
     dataset = read_jsonl(work / "out/genz_dataset.jsonl")
     return {

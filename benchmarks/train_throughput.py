@@ -104,46 +104,23 @@ def make_rows(n: int, vocab: int, seq: int, full: bool, seed: int = 0) -> list[d
 
 
 def tinyllama_dir(root: Path, tokenizer_dir: Path | None = None) -> Path:
+    """A random model of TinyLlama-1.1B's shape (22 layers, hidden 2048, 32 heads sharing 4 K/V heads)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from genz_speak.testing import tiny
 
     out = root / "tinyllama-shaped"
     if (out / "config.json").is_file():
         return out
     # The student's tokenizer stands in for TinyLlama's (no download), so the vocabulary is its 49,152
     # rather than 32,000: Unsloth adds a pad token id that must exist in the embedding.
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else student_tokenizer()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        rope_theta=10000.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def student_tokenizer() -> Any:
-    """SmolLM2's tokenizer, read from the embedded GGUF (the weights are not needed for it)."""
-    from transformers import AutoTokenizer
-
-    from genz_speak.models import EMBEDDED_GGUF, embedded_student_dir
-
-    return AutoTokenizer.from_pretrained(embedded_student_dir(), gguf_file=EMBEDDED_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else tiny.student_tokenizer()
+    return tiny.llama(
+        out, tokenizer, hidden_size=2048, intermediate_size=5632, layers=22, heads=32, kv_heads=4,
+        max_positions=2048, tie_word_embeddings=False, dtype=torch.bfloat16,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )  # fmt: skip
 
 
 def materialize_base_model_cached(root: Path) -> Path:

@@ -15,49 +15,8 @@ batch) in --answer-cache, so a killed run resumes where it stopped; the offline 
 fitted style model in --offline-cache.
 """
 
-from pathlib import Path
-
 from genz_speak import stage
-from genz_speak.data.corpus import read_corpus
-from genz_speak.data.dataset import read_dataset, read_split
-from genz_speak.io import write_json
-from genz_speak.judges.evaluate import evaluate, write_report
-
-
-def main() -> None:
-    p = stage.parser(__doc__)
-    p.add_argument("--base", type=Path, required=True)
-    p.add_argument("--merged", type=Path, required=True)
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--dataset", type=Path, required=True)
-    p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--plots-dir", type=Path, required=True)
-    p.add_argument("--judge-cache", type=Path, required=True)
-    p.add_argument("--offline-cache", type=Path, required=True)
-    p.add_argument("--answer-cache", type=Path, required=True)
-    p.add_argument("--metrics", type=Path, required=True)
-    p.add_argument("--report", type=Path, required=True)
-    args = p.parse_args()
-    cfg = stage.start("evaluate", args)
-
-    metrics, report = evaluate(
-        cfg,
-        args.base,
-        args.merged,
-        read_split(args.data_dir / "heldout.jsonl"),
-        read_split(args.data_dir / "validation.jsonl"),
-        read_dataset(args.dataset),
-        read_corpus(args.corpus),
-        args.out_dir,
-        args.plots_dir,
-        args.judge_cache,
-        args.offline_cache,
-        args.answer_cache,
-    )
-    write_json(args.metrics, metrics)
-    write_report(args.report, report)
-
+from genz_speak.pipeline import evaluate
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, "evaluate", evaluate.Paths, evaluate.run)

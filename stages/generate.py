@@ -14,31 +14,8 @@ resumes and an unchanged row is never paid for twice. More rows rejected than ma
 none left: exit status 1, and nothing written.
 """
 
-from pathlib import Path
-
 from genz_speak import stage
-from genz_speak.data.corpus import read_corpus
-from genz_speak.data.dataset import read_split
-from genz_speak.teachers import build_teacher
-from genz_speak.teachers.run import generate
-
-
-def main() -> None:
-    p = stage.parser(__doc__)
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--metrics", type=Path, required=True)
-    args = p.parse_args()
-    cfg = stage.start("generate", args)
-
-    splits = {
-        name: read_split(args.data_dir / f"{name}.jsonl") for name in ("train", "validation", "heldout")
-    }
-    corpus = read_corpus(args.corpus)
-    generate(cfg, splits, build_teacher(cfg, corpus), args.out_dir, args.cache, args.metrics, corpus)
-
+from genz_speak.pipeline import generate
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, "generate", generate.Paths, generate.run)

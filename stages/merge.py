@@ -8,25 +8,8 @@ Reads `merge` from params.yaml. Writes safetensors, tokenizer, chat template and
 held-out prompts) to --metrics; fails, writing no model, when it exceeds merge.tolerance.
 """
 
-from pathlib import Path
-
 from genz_speak import stage
-from genz_speak.data.dataset import read_split
-from genz_speak.io import write_json
-from genz_speak.training.merge import merge
-
-
-def main() -> None:
-    p = stage.parser(__doc__)
-    p.add_argument("--base", type=Path, required=True)
-    p.add_argument("--adapter", type=Path, required=True)
-    p.add_argument("--heldout", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--metrics", type=Path, required=True)
-    args = p.parse_args()
-    cfg = stage.start("merge", args)
-    write_json(args.metrics, merge(cfg, args.base, args.adapter, args.out, read_split(args.heldout)))
-
+from genz_speak.pipeline import merge
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.main(__doc__, "merge", merge.Paths, merge.run)

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from genz_speak.testing import tiny
+
 ROOT = Path(__file__).resolve().parents[1]
 # The project's own data files (tracked in git) that stages read.
 DATA_FILES = ("data/questions.jsonl", "data/genz_corpus.jsonl")
@@ -45,45 +47,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def student_tokenizer() -> Any:
-    """SmolLM2's tokenizer and chat template: from the embedded GGUF, or from the folder that
-    GENZ_STUDENT_TOKENIZER names (a saved copy, for the GPU machine: the 98 MB GGUF is more than one run
-    there brings along; scripts/gpu_issue19.sh prep writes it)."""
-    from transformers import AutoTokenizer
-
-    from genz_speak.models import EMBEDDED_GGUF, embedded_student_dir, load_gguf_tokenizer
-
-    saved = os.environ.get("GENZ_STUDENT_TOKENIZER")
-    if saved:
-        return AutoTokenizer.from_pretrained(saved)
-    return load_gguf_tokenizer(embedded_student_dir() / EMBEDDED_GGUF)
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 Llama with random weights and SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-model")
-    tok = student_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny.llama(tmp_path_factory.mktemp("tiny-model"), tiny.student_tokenizer())
 
 
 def tiny_params(tiny_model: Path) -> dict[str, Any]:
@@ -141,7 +108,7 @@ def run_stage(
 @contextmanager
 def served(model: str | Path, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`genz-speak serve MODEL OPTIONS` on a free 127.0.0.1 port for the block; yields its /v1 URL."""
-    from genz_speak.serve import launch
+    from genz_speak.testing.serve import launch
 
     proc, url = launch(model, *options, env=env or python_env())
     try:

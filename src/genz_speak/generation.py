@@ -1,14 +1,19 @@
-"""Batched chat generation with transformers, shared by the transformers teacher, evaluation and serving."""
+"""Batched chat generation with transformers, shared by the transformers teacher, evaluation and serving;
+and the student's resumable answers to a question set."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genz_speak.config import Dtype
-from genz_speak.models import device, load_causal_lm, load_tokenizer
+from genz_speak.data.chat import user_message
+from genz_speak.io import AppendLog, read_jsonl_tolerant
+from genz_speak.models import device, inference_dtype, load_causal_lm, load_tokenizer, model_fingerprint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -77,3 +82,44 @@ class ChatGenerator:
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 results[i] = Completion(text, int(enc["attention_mask"][row].sum()), n_out)
         return [results[i] for i in range(len(conversations))]
+
+
+def answer_questions(
+    model_dir: Path,
+    questions: list[dict[str, Any]],
+    cache_path: Path,
+    *,
+    max_new_tokens: int,
+    repetition_penalty: float,
+    batch_size: int,
+) -> list[str]:
+    """Greedy answers from the model in `model_dir` to Dolly-schema `questions`.
+
+    Questions go in fixed batches (sorted by length, so each pads little) and every finished batch is
+    appended to `cache_path`: a killed run resumes at the first unfinished batch, and since a batch is
+    the same batch either way, resumed answers equal uninterrupted ones.
+    """
+    settings = json.dumps([model_fingerprint(model_dir), max_new_tokens, repetition_penalty])
+
+    def key(q: dict[str, Any]) -> str:
+        return hashlib.sha256(f"{settings}\x1f{q['id']}\x1f{user_message(q)}".encode()).hexdigest()
+
+    cached = {r["key"]: r["text"] for r in read_jsonl_tolerant(cache_path)}
+    order = sorted(range(len(questions)), key=lambda i: len(user_message(questions[i])))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    todo = [b for b in batches if not all(key(questions[i]) in cached for i in b)]
+    log.info("answers from %s: %d of %d batches cached", model_dir, len(batches) - len(todo), len(batches))
+    if todo:
+        gen = ChatGenerator(model_dir, dtype=inference_dtype(model_dir))
+        with AppendLog(cache_path) as log_file:
+            for batch in todo:
+                outs = gen.generate(
+                    [[{"role": "user", "content": user_message(questions[i])}] for i in batch],
+                    max_new_tokens=max_new_tokens,
+                    repetition_penalty=repetition_penalty,
+                    batch_size=len(batch),
+                )
+                for i, out in zip(batch, outs, strict=True):
+                    cached[key(questions[i])] = out.text
+                    log_file.write({"key": key(questions[i]), "id": questions[i]["id"], "text": out.text})
+    return [cached[key(q)] for q in questions]

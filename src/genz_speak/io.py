@@ -159,6 +159,21 @@ def replace_dir(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `out` for the block to write into: moved into place as `out` when
+    the block succeeds, removed when it fails (so `out` only ever holds a complete output)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_open(path) as f:

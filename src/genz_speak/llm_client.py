@@ -280,6 +280,29 @@ def sampling_args(
     return args
 
 
+def chat_request(
+    model: str,
+    messages: list[dict[str, str]],
+    *,
+    temperature: float,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    response_format: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The arguments of one chat completion request to `model` (the teacher's and the judge's alike)."""
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        **sampling_args(model, temperature, top_p, max_tokens),
+    }
+    if seed is not None:
+        request["seed"] = seed
+    if response_format is not None:
+        request["response_format"] = response_format
+    return request
+
+
 def complete(client: openai.OpenAI, **kwargs: Any) -> ChatCompletion:
     """One chat completion request. A 200 that is not a chat completion raises NotJSONBody (retried): for a
     body labelled application/json that is not JSON the client raises JSONDecodeError, and for any other

@@ -6,13 +6,12 @@ import hashlib
 import importlib.util
 import json
 import logging
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genz_speak.config import EMBEDDED_ENCODER, EMBEDDED_STUDENT, Dtype
 from genz_speak.errors import InputError
-from genz_speak.io import replace_dir
+from genz_speak.io import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +57,13 @@ def inference_dtype(model_dir: str | Path) -> Dtype:
         return "float32"
     stored = stored_dtype(Path(model_dir)) if (Path(model_dir) / "config.json").is_file() else None
     return stored if stored in ("float16", "bfloat16", "float32") else "bfloat16"  # type: ignore[return-value]
+
+
+def ensure_pad_token(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Batches need a pad token; a model without one pads with its EOS (attention masks hide the pads)."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def set_cpu_threads(n: int) -> None:
@@ -159,13 +165,10 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
         raise InputError(
             f"params.yaml: prepare.base_model: {name} has no chat template; pick an instruct/chat model"
         )
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    replace_dir(tmp, out_dir)
+    ensure_pad_token(tok)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "origin": origin,
@@ -185,17 +188,13 @@ def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     else:
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype("float32"))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model.eval(), tok
+    return model.eval(), ensure_pad_token(tok)
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "right") -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     tok.padding_side = padding_side
     return tok
 
@@ -205,3 +204,14 @@ def load_causal_lm(path: str | Path, dtype: Dtype = "float32") -> PreTrainedMode
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     return model.to(device()).eval()
+
+
+def max_logit_diff(a: PreTrainedModel, b: PreTrainedModel, inputs: Any) -> float:
+    """Max |logit difference| over the real (non-padding) positions of `inputs`, computed in float32."""
+    import torch
+
+    with torch.inference_mode():
+        la = a(**inputs).logits.float()
+        lb = b(**inputs).logits.float()
+    mask = inputs["attention_mask"].bool()
+    return float((la - lb).abs()[mask].max())

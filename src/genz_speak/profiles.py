@@ -61,7 +61,8 @@ def _merge(target: Any, changes: Any, source: Path, prefix: str, changed: list[t
 
 def apply(profile: Path, params: Path) -> tuple[str, list[tuple[str, Any, Any]]]:
     """params.yaml's text with `profile` applied, and the keys it changed as (key, old, new)."""
-    from genz_speak.config import Params, parse
+    from genz_speak.config import Params
+    from genz_speak.params import parse
 
     yaml = _yaml()
     changes = yaml.load(profile.read_text(encoding="utf-8")) or {}

@@ -1,4 +1,10 @@
-"""What every stage script shares: logging, the params file, and its own validated section."""
+"""What every stage script shares: its command line, logging, its validated params section, and the
+engine contract (`genz_speak.pipeline`): paths and config in, outputs written by the engine, metrics out.
+
+A stage script is one call: ``stage.main(__doc__, "train", train.Paths, train.run)``. The fields of the
+engine's `Paths` dataclass become the script's path flags (`out_dir` -> `--out-dir`), as `dvc.yaml`'s
+`cmd` passes them; every script also takes `--params` and `--metrics`, where the engine's metrics go.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +14,78 @@ import json
 import logging
 import signal
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
-from genz_speak.config import Params, load_params
 from genz_speak.errors import InputError, StageFailed
 
 log = logging.getLogger("genz_speak.stage")
+
+P = TypeVar("P")
 
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parser(doc: str | None, paths: type[Any]) -> argparse.ArgumentParser:
+    """The stage's command line: a flag per field of `paths` (a list of paths for `list[Path]` fields;
+    a field named `params` is the params file itself), then --params and --metrics."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(paths)
+    for field in dataclasses.fields(paths):
+        if field.name == "params":
+            continue
+        many = typing.get_origin(hints[field.name]) is list
+        p.add_argument(_flag(field.name), type=Path, required=True, nargs="+" if many else None)
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
+    p.add_argument("--metrics", type=Path, required=True, help="where the stage's metrics go (JSON)")
     return p
 
 
-def start(name: str, args: argparse.Namespace) -> Any:
-    """Configure logging, load and validate the params file, log and return this stage's section."""
-    _configure_logging()
-    params: Params = load_params(args.params)
-    section = getattr(params, name)
-    logging.getLogger(f"genz_speak.stages.{name}").info(
-        "%s config: %s", name, json.dumps(dataclasses.asdict(section), default=str)
-    )
+def load_section(name: str, params_file: Path) -> Any:
+    """Load and validate the params file; log and return the section `name`."""
+    from genz_speak.params import load_params
+
+    section = getattr(load_params(params_file), name)
+    log.info("%s config: %s", name, json.dumps(dataclasses.asdict(section), default=str))
     return section
+
+
+def main(
+    doc: str | None,
+    name: str,
+    paths: type[P],
+    engine: Callable[[Any, P], dict[str, Any] | None],
+    after: Callable[[], None] | None = None,
+) -> None:
+    """Run stage `name`: parse its paths, load its section, run the engine, write the metrics it returns
+    (an engine returns None in processes that write nothing, such as data-parallel ranks other than 0),
+    then `after`. Errors end it as `run` says."""
+
+    def stage() -> None:
+        from genz_speak.io import write_json
+
+        args = parser(doc, paths).parse_args()
+        _configure_logging()
+        cfg = load_section(name, args.params)
+        values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(paths)}  # type: ignore[arg-type]
+        if "params" in values:
+            values["params"] = args.params
+        metrics = engine(cfg, paths(**values))
+        if metrics is not None:
+            write_json(args.metrics, metrics)
+        if after is not None:
+            after()
+
+    run(stage)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -46,9 +94,9 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage script's `main`: bad params or data end it with one line naming the file and line or
-    the params key, and exit status 2; a result too poor to keep (StageFailed) with one line and exit
-    status 1. Either way outputs already written are left as they were."""
+    """Run a stage: bad params or data end it with one line naming the file and line or the params key,
+    and exit status 2; a result too poor to keep (StageFailed) with one line and exit status 1. Either way
+    outputs already written are left as they were."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main()

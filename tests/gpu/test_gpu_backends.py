@@ -52,8 +52,8 @@ def test_unsloth_padding_free_batches_match_padded(tiny_model: Path, tmp_path: P
 
 def test_vllm_teacher_through_the_generate_stage(tiny_model: Path, tmp_path: Path) -> None:
     pytest.importorskip("vllm")
+    from genz_speak.pipeline.generate import rewrite_splits
     from genz_speak.teachers import build_teacher
-    from genz_speak.teachers.run import generate
 
     cfg = GenerateConfig(
         teacher="vllm",
@@ -64,7 +64,7 @@ def test_vllm_teacher_through_the_generate_stage(tiny_model: Path, tmp_path: Pat
     cfg = replace(cfg, vllm=replace(cfg.vllm, enforce_eager=True, gpu_memory_utilization=0.3))
     rows = _rows(6)
     out, cache = tmp_path / "out", tmp_path / "cache.jsonl"
-    metrics = generate(cfg, {"train": rows}, build_teacher(cfg), out, cache, tmp_path / "m.json")
+    metrics = rewrite_splits(cfg, {"train": rows}, build_teacher(cfg), out, cache)
     assert metrics["teacher_calls"] == 6 and metrics["tokens_out"] > 0
     cached = read_jsonl(cache)
     assert sorted(r["id"] for r in cached) == sorted(r["id"] for r in rows)

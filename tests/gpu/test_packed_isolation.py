@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from genz_speak.config import TrainConfig
+from genz_speak.testing import tiny
 from genz_speak.training import attention
 
 pytestmark = pytest.mark.gpu
@@ -42,27 +43,12 @@ def gqa_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A random 2-layer Llama with TinyLlama's head size (64) and grouped-query attention (4 query heads,
     2 K/V heads), and the tiny model's tokenizer."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("gqa-llama")
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny.llama(out, tok, hidden_size=256, intermediate_size=512, max_positions=1024,
+                      tie_word_embeddings=False, dtype=torch.bfloat16)  # fmt: skip
 
 
 def rows(n: int = 24, seed: int = 0) -> list[dict[str, list[int]]]:

@@ -19,9 +19,9 @@ from genz_speak.config import GenerateConfig, LLMJudgeConfig
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl
 from genz_speak.judges.llm import LLMJudge
-from genz_speak.serve import FAULTS
+from genz_speak.pipeline.generate import rewrite_splits
 from genz_speak.teachers import build_teacher
-from genz_speak.teachers.run import generate
+from genz_speak.testing.faults import FAULTS
 from tests.conftest import FAULT_LABELS, ROOT, TEACHER_FAULTS, served, server_stats
 
 pytestmark = pytest.mark.slow
@@ -76,8 +76,8 @@ def test_teacher(kind: str, mode: str, tmp_path: Path) -> None:
             request_timeout=timeout(kind),
             max_retries=RETRIES,
         )
-        m: dict[str, Any] = generate(
-            cfg, {"train": rows}, build_teacher(cfg), tmp_path, tmp_path / "cache.jsonl", tmp_path / "m.json"
+        m: dict[str, Any] = rewrite_splits(
+            cfg, {"train": rows}, build_teacher(cfg), tmp_path, tmp_path / "cache.jsonl"
         )
         stats = server_stats(url)
     rejects = read_jsonl(tmp_path / "rejects.jsonl")

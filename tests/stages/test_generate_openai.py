@@ -15,7 +15,7 @@ import yaml
 
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, read_jsonl_tolerant
-from genz_speak.serve import launch
+from genz_speak.testing.serve import launch
 from tests.conftest import (
     FAULT_LABELS,
     ROOT,

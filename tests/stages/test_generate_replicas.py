@@ -18,9 +18,9 @@ import yaml
 from genz_speak.config import GenerateConfig
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import free_port, read_jsonl
-from genz_speak.serve import launch
+from genz_speak.pipeline.generate import rewrite_splits
 from genz_speak.teachers import build_teacher
-from genz_speak.teachers.run import generate
+from genz_speak.testing.serve import launch
 from tests.conftest import ROOT, python_env, stage_command, write_prepared
 
 pytestmark = pytest.mark.slow
@@ -52,9 +52,7 @@ def requests_seen(url: str) -> int:
 def run_generate(tmp_path: Path, n: int, **settings: Any) -> dict[str, Any]:
     cfg = GenerateConfig(teacher="openai", model="rules", max_reject_fraction=1.0, **settings)
     splits = {"train": rows(n)}
-    metrics = generate(
-        cfg, splits, build_teacher(cfg), tmp_path / "out", tmp_path / "cache.jsonl", tmp_path / "m.json"
-    )
+    metrics = rewrite_splits(cfg, splits, build_teacher(cfg), tmp_path / "out", tmp_path / "cache.jsonl")
     metrics["dataset"] = read_jsonl(tmp_path / "out/genz_dataset.jsonl")
     return metrics
 

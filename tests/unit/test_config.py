@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genz_speak.config import OPERATIONAL_KEYS, Params, load_params, parse
+from genz_speak.config import OPERATIONAL_KEYS, Params
 from genz_speak.errors import InputError
+from genz_speak.params import load_params, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,12 +8,12 @@ import pytest
 
 from genz_speak.config import FewShotConfig, GenerateConfig
 from genz_speak.data.corpus import read_corpus
-from genz_speak.data.questions import validate_row
+from genz_speak.data.dataset import validate_row
 from genz_speak.errors import InputError
 from genz_speak.io import read_jsonl
+from genz_speak.pipeline.generate import rewrite_splits
 from genz_speak.teachers import build_teacher
-from genz_speak.teachers.base import build_messages, pick_exemplars
-from genz_speak.teachers.run import cache_key, generate
+from genz_speak.teachers.base import build_messages, pick_exemplars, rewrite_key
 from tests.conftest import ROOT
 
 CORPUS = read_corpus(ROOT / "data/genz_corpus.jsonl")
@@ -21,7 +21,7 @@ QUESTIONS = read_jsonl(ROOT / "data/questions.jsonl", check=validate_row)
 
 
 def run(cfg: GenerateConfig, splits: dict, tmp: Path) -> list[dict]:
-    generate(cfg, splits, build_teacher(cfg, CORPUS), tmp, tmp / "cache.jsonl", tmp / "m.json", CORPUS)
+    rewrite_splits(cfg, splits, build_teacher(cfg, CORPUS), tmp, tmp / "cache.jsonl", CORPUS)
     return read_jsonl(tmp / "genz_dataset.jsonl")
 
 
@@ -69,5 +69,5 @@ def test_the_chat_shows_exemplars_as_worked_turns_and_keys_the_cache() -> None:
     assert messages[2]["content"] == exemplars[0]["genz"]
     assert row["response"] in messages[-1]["content"]
     rewrites = {r["id"]: r["genz"] for r in CORPUS}
-    with_shots = cache_key(cfg, row, messages, rewrites)
-    assert with_shots != cache_key(cfg, row, build_messages(cfg, row), rewrites)
+    with_shots = rewrite_key(cfg, row, messages, rewrites)
+    assert with_shots != rewrite_key(cfg, row, build_messages(cfg, row), rewrites)

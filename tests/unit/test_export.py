@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from genz_speak.config import Params, parse
+from genz_speak.config import Params
 from genz_speak.errors import InputError
 from genz_speak.export import card, gguf_file, ollama
+from genz_speak.params import parse
 from tests.conftest import ROOT
 
 
@@ -129,14 +130,14 @@ def test_metadata_holds_the_vocabulary_specials_and_chat_template(
 def test_the_gguf_tokenizer_matches_the_folder(fp16_model: Path, written: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
-    from genz_speak.export.build import TOKENIZER_PROBE, _tokenizer_agreement
+    from genz_speak.export.verify import TOKENIZER_PROBE, tokenizer_agreement
     from genz_speak.models import load_gguf_tokenizer
 
     path = written["f16"][0]
     ref = AutoTokenizer.from_pretrained(fp16_model)
-    assert _tokenizer_agreement(ref, load_gguf_tokenizer(path), [TOKENIZER_PROBE]) == []
+    assert tokenizer_agreement(ref, load_gguf_tokenizer(path), [TOKENIZER_PROBE]) == []
     ref.chat_template = ref.chat_template.replace("<|im_start|>", "<|im_start|> ")
-    problems = _tokenizer_agreement(ref, load_gguf_tokenizer(path), [])
+    problems = tokenizer_agreement(ref, load_gguf_tokenizer(path), [])
     assert problems[0] == "chat template differs"
 
 
@@ -315,9 +316,12 @@ def test_card_reads_whatever_criteria_and_paired_differences_the_metrics_hold(tm
     assert loaded.data.license == "apache-2.0" and loaded.data.pipeline_tag == "text-generation"
     text = loaded.text
     assert "| group | genz_style | helpfulness |" in text
-    assert "| Gen (fine-tuned answers) | 0.800 [0.400, 0.600] (n=20) | 0.500 [0.400, 0.600] (n=20) |" in text
-    assert "**LLM judge**" in text
-    assert "| genz_style | 0.300 [0.100, 0.450] (n=20) |" in text
+    assert (
+        "| Gen (fine-tuned answers) | 0.80 ± 0.10 [0.40, 0.60] (n=20) | 0.50 ± 0.10 [0.40, 0.60] (n=20) |"
+        in text
+    )
+    assert "### LLM judge" in text
+    assert "| genz_style | +0.300 | [+0.100, +0.450] | 20 |" in text
     assert "200 rows kept, 9 rejected" in text and "hand-written Gen Z corpus" in text
     assert "| `m-q8_0.gguf` | q8_0 | 145.0 MB | 0.5 (3.0) | 98.8% |" in text
     assert "LoRA rank 16, alpha 32" in text
@@ -349,12 +353,18 @@ def test_export_config_checks() -> None:
 
 
 def test_no_formats_writes_only_the_card(tmp_path: Path) -> None:
-    from genz_speak.export.build import export
+    from genz_speak.pipeline import export
 
     merged = tmp_path / "merge"
     merged.mkdir()
     (merged / "model.safetensors").write_bytes(b"x" * 10)
-    m = export(parse(Params, {"export": {"formats": []}}), merged, tmp_path / "export", [], {})
+    (tmp_path / "params.yaml").write_text("export:\n  formats: []\n")
+    (tmp_path / "heldout.jsonl").write_text("")
+    cfg = parse(Params, {"export": {"formats": []}}).export
+    paths = export.Paths(
+        merged, tmp_path / "heldout.jsonl", tmp_path / "export", [], tmp_path / "params.yaml"
+    )
+    m = export.run(cfg, paths)
     assert m == {"formats": {}, "merged_bytes": 10, "files": ["README.md"], "passed": True}
     assert (tmp_path / "export/README.md").read_text().startswith("---\n")
     assert not (tmp_path / "export.tmp").exists()

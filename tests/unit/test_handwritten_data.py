@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
+from genz_speak import text as T
 from genz_speak.data.corpus import read_corpus
-from genz_speak.data.questions import row_id, validate_row
+from genz_speak.data.dataset import row_id, validate_row
 from genz_speak.errors import InputError
 from genz_speak.io import read_jsonl
-from genz_speak.judges import text as T
 from genz_speak.judges.calibration import KINDS, read_calibration
 from genz_speak.judges.facts import number_readings, numbers
 from tests.conftest import ROOT

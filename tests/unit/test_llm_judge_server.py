@@ -8,9 +8,9 @@ import pytest
 
 from genz_speak.config import EvaluateConfig, LLMJudgeConfig
 from genz_speak.errors import StageFailed
-from genz_speak.judges.evaluate import check_judgements
 from genz_speak.judges.llm import LLMJudge
-from genz_speak.serve import judge_verdict
+from genz_speak.pipeline.evaluate import check_judgements
+from genz_speak.testing.serve import judge_verdict
 from tests.conftest import python_env, served, server_stats
 
 ITEMS = [

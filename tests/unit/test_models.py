@@ -3,7 +3,7 @@ import json
 from tokenizers import decoders
 
 from genz_speak.models import EMBEDDED_GGUF, _as_the_gguf_says, embedded_student_dir
-from tests.conftest import student_tokenizer
+from genz_speak.testing.tiny import student_tokenizer
 
 
 def test_the_embedded_tokenizer_takes_its_special_tokens_and_decoder_from_the_gguf() -> None:

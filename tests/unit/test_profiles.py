@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genz_speak.config import load_params
 from genz_speak.errors import InputError
+from genz_speak.params import load_params
 from genz_speak.profiles import apply
 from tests.conftest import ROOT
 

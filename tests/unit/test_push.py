@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from genz_speak.config import Params, parse
+from genz_speak.config import Params
 from genz_speak.errors import MissingInput
 from genz_speak.export import card
 from genz_speak.export.hub import upload_plan
 from genz_speak.io import free_port
+from genz_speak.params import parse
 from tests.conftest import python_env
 
 

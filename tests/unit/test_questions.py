@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from genz_speak.config import PrepareConfig, SourceConfig
-from genz_speak.data.questions import DOLLY_CATEGORIES, load_source, split_rows
+from genz_speak.data.dataset import DOLLY_CATEGORIES
+from genz_speak.data.questions import load_source, split_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 

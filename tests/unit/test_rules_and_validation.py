@@ -3,7 +3,7 @@ import pytest
 from genz_speak.config import ValidationConfig
 from genz_speak.teachers.base import TeacherRequest
 from genz_speak.teachers.rules import RulesTeacher, stylize
-from genz_speak.teachers.validate import check, numbers
+from genz_speak.teachers.validate import numbers, rejection_reason
 
 SRC = "The Eiffel Tower was completed in 1889 and is 330 metres tall. It was very popular."
 
@@ -15,7 +15,7 @@ def test_stylize_is_deterministic_and_keeps_facts() -> None:
     for fact in ("Eiffel Tower", "1889", "330 metres"):
         assert fact in out
     assert "hella" in out  # "very" swapped
-    assert check(SRC, "", out, ValidationConfig(keep_entities=True)) is None
+    assert rejection_reason(SRC, "", out, ValidationConfig(keep_entities=True)) is None
 
 
 def test_stylize_varies_by_key() -> None:
@@ -32,17 +32,21 @@ def test_rules_teacher_yields_one_result_per_request() -> None:
 
 def test_validation_reasons() -> None:
     cfg = ValidationConfig(keep_entities=True)
-    assert check(SRC, "", "", cfg).startswith("too short")
-    assert check(SRC, "", "x" * 2000, cfg).startswith("too long")
-    assert check(SRC, "", "I'm sorry, but I cannot rewrite this.", cfg) == "refusal"
-    assert "echo of the source" in check(SRC, "", SRC, cfg)
+    assert rejection_reason(SRC, "", "", cfg).startswith("too short")
+    assert rejection_reason(SRC, "", "x" * 2000, cfg).startswith("too long")
+    assert rejection_reason(SRC, "", "I'm sorry, but I cannot rewrite this.", cfg) == "refusal"
+    assert "echo of the source" in rejection_reason(SRC, "", SRC, cfg)
     assert (
-        check(SRC, "", "ngl the Eiffel Tower dropped in 1889, hella tall fr", cfg) == "lost numbers: ['330']"
+        rejection_reason(SRC, "", "ngl the Eiffel Tower dropped in 1889, hella tall fr", cfg)
+        == "lost numbers: ['330']"
     )
-    lost = check(SRC, "", "ngl the tower dropped in 1889 and it's 330 metres, iconic", cfg)
+    lost = rejection_reason(SRC, "", "ngl the tower dropped in 1889 and it's 330 metres, iconic", cfg)
     assert lost == "lost names: ['Eiffel']"  # 'tower' is there, lowercased
     assert (
-        check("Numbers like 1,000 count.", "", "ngl numbers like 1000 count fr", ValidationConfig()) is None
+        rejection_reason(
+            "Numbers like 1,000 count.", "", "ngl numbers like 1000 count fr", ValidationConfig()
+        )
+        is None
     )
 
 
@@ -54,20 +58,20 @@ def test_short_answers_may_get_a_real_rewrite() -> None:
         "everyone was lowkey obsessed and we're still talking about it fr fr, iconic behaviour tbh"
     )
     assert len(rewrite) > 160
-    assert check("2018", "", rewrite, ValidationConfig()) is None
-    assert check("2018", "", "2018 " + "x" * 500, ValidationConfig()).startswith("too long")
+    assert rejection_reason("2018", "", rewrite, ValidationConfig()) is None
+    assert rejection_reason("2018", "", "2018 " + "x" * 500, ValidationConfig()).startswith("too long")
     long_source = "The answer is 2018. " * 30  # the ratio still governs long sources
-    assert check(long_source, "", "2018 " + "y" * (4 * len(long_source)), ValidationConfig()).startswith(
-        "too long"
-    )
+    assert rejection_reason(
+        long_source, "", "2018 " + "y" * (4 * len(long_source)), ValidationConfig()
+    ).startswith("too long")
 
 
 @pytest.mark.parametrize("sep", [" ", "\u00a0", "\u202f", "\u2009", ","])
 def test_thousands_separators_do_not_split_a_number(sep: str) -> None:
     assert numbers(f"about 1{sep}000 people, 12{sep}345{sep}678 in all") == {"1000", "12345678"}
     cfg = ValidationConfig()
-    assert check(f"It has 1{sep}000 rooms.", "", "ngl it has like 1,000 rooms fr", cfg) is None
-    assert check("It has 1,000 rooms.", "", f"ngl it has like 1{sep}000 rooms fr", cfg) is None
+    assert rejection_reason(f"It has 1{sep}000 rooms.", "", "ngl it has like 1,000 rooms fr", cfg) is None
+    assert rejection_reason("It has 1,000 rooms.", "", f"ngl it has like 1{sep}000 rooms fr", cfg) is None
 
 
 def test_numbers_side_by_side_stay_apart() -> None:
@@ -82,7 +86,7 @@ def test_stylize_keeps_every_number_and_name_of_the_shipped_questions() -> None:
     the rewrite passes validation with keep_entities on."""
     import re
 
-    from genz_speak.data.questions import validate_row
+    from genz_speak.data.dataset import validate_row
     from genz_speak.io import read_jsonl
     from genz_speak.teachers.rules import _COMMON_STARTS
     from genz_speak.teachers.validate import numbers
@@ -97,7 +101,7 @@ def test_stylize_keeps_every_number_and_name_of_the_shipped_questions() -> None:
         for word in set(re.findall(r"\b[A-Z][\w'-]*", src)):
             if word not in out:
                 assert src.startswith(word) and word.lower() in _COMMON_STARTS, (word, src, out)
-        assert check(src, "", out, ValidationConfig()) is None, out
+        assert rejection_reason(src, "", out, ValidationConfig()) is None, out
 
 
 def test_swaps_leave_names_alone() -> None:
@@ -108,7 +112,10 @@ def test_swaps_leave_names_alone() -> None:
 
 def test_names_are_kept_in_any_case() -> None:
     src = "Pride and Prejudice was written by Jane Austen in 1813."
-    assert check(src, "", "jane austen wrote pride and prejudice in 1813 fr", ValidationConfig()) is None
-    assert check(src, "", "charlotte bronte wrote pride and prejudice in 1813", ValidationConfig()) == (
-        "lost names: ['Austen', 'Jane']"
+    assert (
+        rejection_reason(src, "", "jane austen wrote pride and prejudice in 1813 fr", ValidationConfig())
+        is None
     )
+    assert rejection_reason(
+        src, "", "charlotte bronte wrote pride and prejudice in 1813", ValidationConfig()
+    ) == ("lost names: ['Austen', 'Jane']")

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from genz_speak.config import GenerateConfig, LLMJudgeConfig, Params, parse
+from genz_speak.config import GenerateConfig, LLMJudgeConfig, Params
 from genz_speak.errors import InputError
 from genz_speak.judges import CRITERIA
 from genz_speak.judges.llm import LLMJudge
-from genz_speak.serve import judge_verdict
+from genz_speak.params import parse
 from genz_speak.teachers.base import build_messages
+from genz_speak.testing.serve import judge_verdict
 from tests.conftest import served
 
 HOSTILE = [

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError
+from genz_speak.testing import tiny
 from genz_speak.training import attention
 
 LENGTHS = (7, 1, 12, 5)  # one single-token row: its only token attends to itself
@@ -29,21 +30,7 @@ LENGTHS = (7, 1, 12, 5)  # one single-token row: its only token attends to itsel
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Llama with grouped-query attention (4 query heads share 2 K/V heads)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    out = tmp_path_factory.mktemp("gqa-llama")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
+    return tiny.llama(tmp_path_factory.mktemp("gqa-llama"), vocab_size=128, max_positions=256)
 
 
 def load(path: Path, implementation: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass
@@ -10,46 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from genz_speak.config import PrepareConfig
+from genz_speak.data.dataset import validate_row
 from genz_speak.errors import InputError, MissingInput
 from genz_speak.io import SkipBudget, read_jsonl
 
 log = logging.getLogger(__name__)
-
-DOLLY_FIELDS = ("instruction", "context", "response", "category")
-DOLLY_CATEGORIES = frozenset(
-    {
-        "open_qa",
-        "general_qa",
-        "closed_qa",
-        "brainstorming",
-        "classification",
-        "information_extraction",
-        "summarization",
-        "creative_writing",
-    }
-)
-
-
-def row_id(row: dict[str, Any]) -> str:
-    """A stable id from the question's content, so ids survive reordering of the source."""
-    key = "\x1f".join((row["instruction"].strip(), row["context"].strip()))
-    return "q-" + hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
-
-
-def validate_row(r: dict[str, Any]) -> dict[str, Any]:
-    """One row in Dolly's schema, stripped and with its id; InputError (without a location) otherwise."""
-    bad = [f for f in DOLLY_FIELDS if r.get(f) is not None and not isinstance(r[f], str)]
-    if bad:
-        raise InputError(f"field(s) {bad} must be strings")
-    # Stripped before the emptiness check: str.strip() removes NBSP and the other Unicode spaces too.
-    row = {f: (r.get(f) or "").strip() for f in DOLLY_FIELDS}
-    missing = [f for f in ("instruction", "response", "category") if not row[f]]
-    if missing:
-        raise InputError(f"missing or empty field(s) {missing}; Dolly rows need {DOLLY_FIELDS}")
-    if row["category"] not in DOLLY_CATEGORIES:
-        raise InputError(f"unknown category {r['category']!r}; expected one of {sorted(DOLLY_CATEGORIES)}")
-    row["id"] = row_id(row)
-    return row
 
 
 def validate_rows(

@@ -13,6 +13,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from genz_speak.config import EMBEDDED_STUDENT, Params
+from genz_speak.reports import tables
 
 # The hub model the embedded student is a GGUF copy of.
 EMBEDDED_STUDENT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -170,59 +171,6 @@ def _training(params: Params, train: dict[str, Any], merge: dict[str, Any]) -> s
     return "\n".join(lines)
 
 
-def _cell(s: Any) -> str:
-    if not isinstance(s, dict) or s.get("mean") is None:
-        return "–"
-    text = f"{s['mean']:.3f}"
-    if s.get("ci_low") is not None and s.get("ci_high") is not None:
-        text += f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-    return text + (f" (n={s['n']})" if s.get("n") is not None else "")
-
-
-def _stat_rows(obj: Any, path: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
-    """Every {mean, ...} summary in a nested dict, with the keys that lead to it."""
-    if isinstance(obj, dict) and "mean" in obj:
-        return [(" / ".join(path), obj)]
-    if isinstance(obj, dict):
-        return [row for k, v in obj.items() for row in _stat_rows(v, (*path, str(k)))]
-    return []
-
-
-def _judge_table(name: str, ev: dict[str, Any]) -> str:
-    from genz_speak.judges.evaluate import GROUPS
-
-    groups: dict[str, dict[str, Any]] = ev.get("groups", {})
-    criteria = list(dict.fromkeys(c for g in groups.values() for c in g))
-    table = "| group | " + " | ".join(criteria) + " |\n|---|" + "---|" * len(criteria) + "\n"
-    for group, stats in groups.items():
-        table += (
-            f"| {GROUPS.get(group, group)} | " + " | ".join(_cell(stats.get(c)) for c in criteria) + " |\n"
-        )
-    text = f"**{name}**\n\n{table}"
-    paired = _stat_rows(ev.get("paired"))
-    if paired:
-        text += (
-            "\nFine-tuned − base model on the same questions (paired), mean [95% interval] (n):\n\n"
-            "| criterion | difference |\n|---|---|\n" + "".join(f"| {c} | {_cell(s)} |\n" for c, s in paired)
-        )
-    return text
-
-
-def evaluation_section(ev: dict[str, Any]) -> str:
-    """Tables of metrics/evaluate.json, per judge: group x criterion mean [95% bootstrap interval] (n) and
-    the paired differences, whatever the criteria and groups are called."""
-    judges = [j for j in ev.get("judges", []) if ev.get(j, {}).get("groups")]
-    if not judges:
-        return "No evaluation metrics were found for this run."
-    names = {"offline": "Offline judge", "llm": "LLM judge"}
-    intro = (
-        f"On {ev.get('questions', '?')} questions the model never trained on; scores in [0, 1] by the rubric "
-        "of genz-speak's `docs/judge_rubric.md` (Gen Z style, helpfulness, coherence). Each cell: mean "
-        "[95% bootstrap interval] (n)."
-    )
-    return intro + "\n\n" + "\n".join(_judge_table(names.get(j, j), ev[j]) for j in judges)
-
-
 def model_card(
     params: Params, name: str, stage_metrics: dict[str, dict[str, Any]], gguf: dict[str, dict[str, Any]]
 ) -> ModelCard:
@@ -276,7 +224,7 @@ def model_card(
         kept=generate.get("rows", "?"),
         rejected=generate.get("rejected", "?"),
         training=_training(params, stage_metrics.get("train", {}), stage_metrics.get("merge", {})),
-        evaluation=evaluation_section(evaluate),
+        evaluation=tables.evaluation_section(evaluate),
         questions=evaluate.get("questions", "?"),
         repetition_penalty=params.evaluate.repetition_penalty,
         size_note=(f"A {int(n_params) / 1e6:.0f}M-parameter model." if n_params else "A small model."),

@@ -60,7 +60,7 @@ ORDERINGS = (
 )
 
 
-def _check_row(row: dict[str, Any]) -> dict[str, Any]:
+def _calibration_row(row: dict[str, Any]) -> dict[str, Any]:
     missing = sorted(set(FIELDS) - set(row))
     if missing:
         raise InputError(f"missing field(s) {missing}")
@@ -86,7 +86,7 @@ def _check_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def read_calibration(path: Path) -> list[dict[str, Any]]:
     """The labelled calibration set, every row checked (errors name the file and line)."""
-    return read_jsonl(path, allow_empty=False, unique="id", check=_check_row)
+    return read_jsonl(path, allow_empty=False, unique="id", check=_calibration_row)
 
 
 def agreement(rows: list[dict[str, Any]], scores: list[dict[str, float | None]]) -> dict[str, Any]:

@@ -44,11 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
 
 
-def _check(args: argparse.Namespace) -> None:
-    from genz_speak.config import load_params
+def _judge_check(args: argparse.Namespace) -> None:
     from genz_speak.data.corpus import read_corpus
     from genz_speak.io import write_json
     from genz_speak.judges.calibration import agreement, read_calibration, run_judge, table
+    from genz_speak.params import load_params
 
     cfg = load_params(args.params).evaluate if args.params.is_file() else None
     if cfg is None:
@@ -82,7 +82,7 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        _check(args)
+        _judge_check(args)
     except InputError as err:
         print(f"genz-speak judge-check: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -24,11 +24,11 @@ from genz_speak.judges import CRITERIA
 from genz_speak.llm_client import (
     MalformedReply,
     call_with_retries,
+    chat_request,
     chat_text,
     complete,
     make_client,
     map_concurrent,
-    sampling_args,
 )
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,25 @@ def parse_verdict(text: str) -> dict[str, Any]:
     return verdict
 
 
+# The user turn's layout; `graded_answer` reads it back (the test servers' stand-in judge does).
+_ANSWER = "\n\nAnswer to grade:\n"
+_REFERENCE = "\n\nA correct reference answer (plain style; it says which facts are right):\n"
+
+
+def judge_messages(question: str, answer: str, reference: str | None) -> list[dict[str, str]]:
+    """The chat the judge is sent: the rubric, then the question, the answer and (reference-guided) the
+    reference."""
+    user = f"Question:\n{question}{_ANSWER}{answer}"
+    if reference is not None:
+        user += f"{_REFERENCE}{reference}"
+    return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
+
+
+def graded_answer(user_turn: str) -> str:
+    """The answer inside a user turn that `judge_messages` wrote."""
+    return user_turn.split(_ANSWER, 1)[-1].split(_REFERENCE, 1)[0]
+
+
 @dataclass(frozen=True)
 class Judgement:
     scores: dict[str, float] | None  # criterion -> [0, 1]; None when the judgement failed
@@ -100,28 +119,19 @@ class LLMJudge:
         blob = json.dumps([self.cfg.model, RUBRIC, question, answer, reference], ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _messages(self, question: str, answer: str, reference: str | None) -> list[dict[str, str]]:
-        user = f"Question:\n{question}\n\nAnswer to grade:\n{answer}"
-        if reference is not None:
-            user += (
-                f"\n\nA correct reference answer (plain style; it says which facts are right):\n{reference}"
-            )
-        return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
-
     def _ask(self, item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, str | None]:
         question, answer, reference = item
-        kwargs: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": self._messages(question, answer, reference),
-            **sampling_args(self.cfg.model, temperature=0.0),
-        }
+        request = chat_request(
+            self.cfg.model,
+            judge_messages(question, answer, reference),
+            temperature=0.0,
+            response_format={"type": "json_schema", "json_schema": SCHEMA} if self.cfg.json_schema else None,
+        )
 
         def once() -> dict[str, Any]:
-            if self.cfg.json_schema:
-                kwargs["response_format"] = {"type": "json_schema", "json_schema": SCHEMA}
             with self._lock:
                 self.requests += 1
-            resp = complete(self.client, **kwargs)  # a reply that is not a chat completion raises here
+            resp = complete(self.client, **request)  # a reply that is not a chat completion raises here
             with self._lock:  # a completion whose verdict is unusable was paid for all the same
                 self.tokens_in += getattr(resp.usage, "prompt_tokens", 0) or 0
                 self.tokens_out += getattr(resp.usage, "completion_tokens", 0) or 0
@@ -166,6 +176,21 @@ class LLMJudge:
                     )
                 )
         return out
+
+    def usage(self) -> dict[str, Any]:
+        """Requests, failed tries by kind, tokens and their estimated cost (evaluate.llm's prices)."""
+        cost = (
+            self.tokens_in / 1e6 * self.cfg.price_in_per_mtok
+            + self.tokens_out / 1e6 * self.cfg.price_out_per_mtok
+        )
+        return {
+            "model": self.cfg.model,
+            "requests": self.requests,
+            "faults": dict(self.faults),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": round(cost, 4),
+        }
 
     def close(self) -> None:
         self.client.close()

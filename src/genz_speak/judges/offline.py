@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from genz_speak import text as T
 from genz_speak.config import OfflineJudgeConfig
-from genz_speak.judges import text as T
 from genz_speak.judges.facts import check_facts
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,6 @@ class Item:
     context: str
     answer: str
     reference: str
-
-    @property
-    def question(self) -> str:
-        return f"{self.instruction}\n\n{self.context}" if self.context else self.instruction
 
 
 class Encoder:

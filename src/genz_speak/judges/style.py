@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from genz_speak.errors import InputError
-from genz_speak.io import atomic_open, replace_dir
+from genz_speak.io import atomic_dir, atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +68,9 @@ class LayerFeatures:
                 )
             model.model.layers = model.model.layers[:layers]
             model.config.num_hidden_layers = layers
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            replace_dir(tmp, folder)
+            with atomic_dir(folder) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
         return cls(load_causal_lm(folder), load_tokenizer(folder))
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:

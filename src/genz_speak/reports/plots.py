@@ -12,19 +12,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from genz_speak.io import atomic_open
+from genz_speak.reports.tables import CRITERION_TITLES, GROUPS, JUDGES, short_label
 
-LABELS = {
-    "base": "Base\n(raw instruction)",
-    "base_model": "Base model",
-    "gen": "Gen\n(fine-tuned)",
-    "train": "Train\n(teacher)",
-}
-CRITERION_TITLES = {
-    "genz_style": "Gen Z style",
-    "helpfulness": "Helpfulness",
-    "coherence": "Coherence",
-}
-JUDGE_TITLES = {"offline": "offline judge", "llm": "LLM judge"}
+LABELS = {group: short_label(group) for group in GROUPS}
 
 
 def flatten(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -42,7 +32,7 @@ def headline(scores: pd.DataFrame) -> str:
 
 def _title(column: str) -> str:
     judge, criterion = column.split(".", 1)
-    return f"{CRITERION_TITLES[criterion]} ({JUDGE_TITLES[judge]})"
+    return f"{CRITERION_TITLES[criterion]} ({JUDGES[judge]})"
 
 
 def _save(fig: Any, path: Path, dpi: int) -> None:
@@ -111,7 +101,7 @@ def criteria_bars(metrics: dict[str, Any], path: Path, dpi: int) -> None:
             ax.bar(xs, means, width, yerr=err, capsize=3, label=label.replace("\n", " "))
         ax.set_xticks(range(len(criteria)), [CRITERION_TITLES[c] for c in criteria])
         ax.set(
-            title=f"Mean score per criterion, {JUDGE_TITLES[judge]} (95% interval)",
+            title=f"Mean score per criterion, {JUDGES[judge]} (95% interval)",
             ylabel="score [0, 1]",
             ylim=(0, 1.05),
         )
@@ -133,7 +123,7 @@ def paired_difference(metrics: dict[str, Any], path: Path, dpi: int) -> None:
             [(d["ci_high"] - d["mean"]) if d["mean"] is not None else 0.0 for d in diffs],
         ]
         xs = [i + (j - (len(judges) - 1) / 2) * width for i in range(len(criteria))]
-        ax.bar(xs, means, width, yerr=err, capsize=4, label=JUDGE_TITLES[judge])
+        ax.bar(xs, means, width, yerr=err, capsize=4, label=JUDGES[judge])
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(criteria)), [CRITERION_TITLES[c] for c in criteria])
     ax.set(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+import string
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from genz_speak.config import FewShotConfig, GenerateConfig
@@ -48,6 +51,19 @@ def _user_prompt(cfg: GenerateConfig, instruction: str, context: str, response: 
     return cfg.prompt_template.format(instruction=instruction, context=context, response=response)
 
 
+def prompt_fields(template: str, user_turn: str) -> dict[str, str] | None:
+    """The fields (instruction, context, response) of a user turn that `cfg.prompt_template` rendered,
+    read back through the same template; None when the turn does not fit it. Stand-in servers use it."""
+    pattern, seen = [], set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        pattern.append(re.escape(literal))
+        if name is not None:
+            pattern.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
+            seen.add(name)
+    match = re.fullmatch("".join(pattern), user_turn, re.S)
+    return match.groupdict() if match else None
+
+
 def pick_exemplars(
     cfg: FewShotConfig, row: dict[str, Any], corpus: Sequence[dict[str, Any]], exclude: frozenset[str]
 ) -> list[dict[str, Any]]:
@@ -82,3 +98,49 @@ def build_messages(
         }
     )
     return messages
+
+
+RULES_VERSION = "2"  # bump when the rules stylizer changes, so cached rewrites are not reused
+
+
+def is_llm(cfg: GenerateConfig) -> bool:
+    """Whether the teacher is a language model (sent a chat) rather than an offline one."""
+    return cfg.teacher not in ("corpus", "rules")
+
+
+def teacher_name(cfg: GenerateConfig) -> str:
+    return f"{cfg.teacher}:{cfg.model}" if is_llm(cfg) else cfg.teacher
+
+
+def teacher_chats(
+    cfg: GenerateConfig, rows: list[dict[str, Any]], corpus: Sequence[dict[str, Any]], exclude: frozenset[str]
+) -> dict[str, list[dict[str, str]]]:
+    """The chat each row's LLM teacher is sent, few-shot exemplars from the corpus included (none for the
+    offline teachers, which send nothing)."""
+    return {
+        r["id"]: build_messages(
+            cfg, r, pick_exemplars(cfg.fewshot, r, corpus, exclude) if is_llm(cfg) else ()
+        )
+        for r in rows
+    }
+
+
+def rewrite_key(
+    cfg: GenerateConfig, row: dict[str, Any], messages: list[dict[str, str]], corpus: dict[str, str]
+) -> str:
+    """Everything that determines a rewrite: the teacher and, for an LLM teacher, its model, the whole
+    chat it is sent (system prompt, few-shot exemplars, the row's prompt) and sampling; the source row."""
+    if cfg.teacher == "rules":
+        teacher: dict[str, Any] = {"teacher": "rules", "version": RULES_VERSION}
+    elif cfg.teacher == "corpus":
+        teacher = {"teacher": "corpus", "rewrite": corpus.get(row["id"]), "rules_version": RULES_VERSION}
+    else:
+        teacher = {
+            "teacher": cfg.teacher,
+            "model": cfg.model,
+            "messages": messages,
+            "sampling": asdict(cfg.sampling),
+        }
+    source = {k: row[k] for k in ("instruction", "context", "response")}
+    blob = json.dumps({"t": teacher, "s": source}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from genz_speak.config import GenerateConfig
+from genz_speak.errors import InputError
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 from genz_speak.teachers.rules import stylize
 
@@ -37,3 +39,19 @@ class CorpusTeacher:
 
     def close(self) -> None:
         pass
+
+
+def check_coverage(cfg: GenerateConfig, rows: list[dict[str, Any]], corpus: Sequence[dict[str, Any]]) -> None:
+    """With the corpus teacher and generate.corpus_missing: error, every source row needs a rewrite."""
+    if cfg.teacher != "corpus" or cfg.corpus_missing != "error":
+        return
+    have = {r["id"] for r in corpus}
+    missing = [r for r in rows if r["id"] not in have]
+    if missing:
+        first = missing[0]
+        raise InputError(
+            f"params.yaml: generate.teacher: corpus has no rewrite for {len(missing)} of {len(rows)} "
+            f"source rows (first: {first['id']}, {first['instruction'][:60]!r}); add them to the corpus, "
+            "pick an LLM teacher, or set generate.corpus_missing: rules (the rules stylizer's caricature "
+            "for those rows)"
+        )

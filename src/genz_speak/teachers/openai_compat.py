@@ -10,10 +10,10 @@ from genz_speak.config import GenerateConfig
 from genz_speak.llm_client import (
     EndpointPool,
     call_with_retries,
+    chat_request,
     chat_text,
     complete,
     map_concurrent,
-    sampling_args,
 )
 from genz_speak.teachers.base import TeacherRequest, TeacherResult
 
@@ -34,16 +34,18 @@ class OpenAITeacher:
 
     def _request(self, req: TeacherRequest) -> TeacherResult:
         s = self.cfg.sampling
-        kwargs: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": req.messages,
-            "seed": s.seed,
-            **sampling_args(self.cfg.model, s.temperature, s.top_p, s.max_new_tokens),
-        }
+        request = chat_request(
+            self.cfg.model,
+            req.messages,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_new_tokens,
+            seed=s.seed,
+        )
 
         def once() -> tuple[str, Any]:
             with self.pool.client() as client:  # each try, retries included, takes an endpoint in rotation
-                resp = complete(client, **kwargs)
+                resp = complete(client, **request)
                 return chat_text(resp), resp.usage
 
         res = call_with_retries(once, self.cfg.max_retries)

@@ -24,7 +24,7 @@ def numbers(text: str) -> set[str]:
     return {n.translate(_SEPARATORS) for n in _NUMBER.findall(text)}
 
 
-def check(source: str, prompt: str, output: str, cfg: ValidationConfig) -> str | None:
+def rejection_reason(source: str, prompt: str, output: str, cfg: ValidationConfig) -> str | None:
     """Return why `output` is rejected, or None when it passes."""
     out = output.strip()
     if len(out) < cfg.min_chars:

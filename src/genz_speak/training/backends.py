@@ -92,6 +92,8 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
 
 def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
     # Unsloth patches transformers/trl at import: it must come before them (sft.py imports trl later).
+    from genz_speak.models import ensure_pad_token
+
     # Under a data-parallel launch its loader places each process's copy on that process's GPU (LOCAL_RANK).
     attention.allow_unsloth_torch_varlen()  # before the import, which decides its packed-row kernel
     from unsloth import FastLanguageModel
@@ -109,9 +111,7 @@ def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
         random_state=cfg.seed,
         **lora_kwargs(cfg, model.config.num_hidden_layers),
     )
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return Prepared(model, tok, None)
+    return Prepared(model, ensure_pad_token(tok), None)
 
 
 def load(backend: Backend, base: Path, cfg: TrainConfig) -> Prepared:

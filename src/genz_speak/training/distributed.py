@@ -160,3 +160,10 @@ def exit_group_process() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def leave_group() -> None:
+    """After the stage's outputs are written: a process of a launched group ends without interpreter
+    teardown (see `exit_group_process`); a lone process returns."""
+    if world_size() > 1:
+        exit_group_process()

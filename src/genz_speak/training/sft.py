@@ -6,122 +6,15 @@ template: no `{% generation %}` markers or response-marker strings to keep in sy
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import resource
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from genz_speak.config import TrainConfig
-from genz_speak.data.chat import prompt_completion
-from genz_speak.errors import InputError
+from genz_speak.errors import InputError, StageFailed
 from genz_speak.training import attention, backends, distributed
 
 log = logging.getLogger(__name__)
-
-
-def _live_callback(live_dir: Path, resume: bool = False) -> Any:
-    from transformers.integrations import DVCLiveCallback
-
-    from dvclive import Live
-
-    class StepAlignedDVCLive(DVCLiveCallback):
-        """transformers' DVCLive callback counts log calls as steps; align its step with the optimizer step
-        instead, so train and eval curves share one x-axis."""
-
-        def setup(self, args: Any, state: Any, model: Any) -> None:
-            # The stage's params are in params.yaml and dvc.lock; all TrainingArguments would be noise.
-            self._initialized = True
-
-        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.live.step = state.global_step
-            super().on_log(args, state, control, **kwargs)
-
-    # Inside a DVC stage DVCLive must neither rewrite dvc.yaml nor create an experiment of its own.
-    return StepAlignedDVCLive(
-        live=Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume), log_model=False
-    )
-
-
-def _step_clock() -> Any:
-    import torch
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        """The wall time at each optimizer step's end: throughput without the first steps' warm-up (kernels
-        compiled and autotuned, memory pools grown), which a short run's overall tokens/s includes."""
-
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.times.append(time.monotonic())
-
-        def steady_rate(self) -> float | None:
-            """Optimizer steps per second over the second half of the run (Unsloth's kernels were seen
-            still compiling and autotuning 15 steps in)."""
-            half = len(self.times) // 2
-            if half < 1:
-                return None
-            return (len(self.times) - half) / (self.times[-1] - self.times[half - 1])
-
-    return StepClock()
-
-
-def _sample_callback(questions: list[dict[str, Any]], tokenizer: Any, path: Path, max_new_tokens: int) -> Any:
-    from transformers import TrainerCallback
-
-    from genz_speak.data.chat import user_message
-    from genz_speak.io import AppendLog
-
-    class SampleAnswers(TrainerCallback):
-        """Greedy answers to fixed validation questions before training and at each evaluation, appended to
-        a JSONL (step, id, question, answer): drift towards a template shows before evaluate runs."""
-
-        def _sample(self, step: int, model: Any) -> None:
-            import torch
-
-            was_training = model.training
-            model.eval()
-            side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow each prompt
-            prompts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": user_message(q)}], tokenize=False, add_generation_prompt=True
-                )
-                for q in questions
-            ]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                model.device
-            )
-            with torch.inference_mode():
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-                )
-            tokenizer.padding_side = side
-            model.train(was_training)
-            with AppendLog(path) as log_file:
-                for q, ids in zip(questions, out[:, enc["input_ids"].shape[1] :], strict=True):
-                    answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                    log_file.write(
-                        {"step": step, "id": q["id"], "question": q["instruction"], "answer": answer}
-                    )
-
-        def on_train_begin(
-            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
-        ) -> None:
-            if state.global_step == 0:
-                self._sample(0, model)
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            self._sample(state.global_step, model)
-
-    return SampleAnswers()
 
 
 def library_versions(backend: str, load_in_4bit: bool) -> dict[str, str]:
@@ -213,7 +106,10 @@ def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[
             per_process * processes,
         )
         return micro, per_process // micro
-    raise RuntimeError(f"micro_batch auto: not even 1 row of {cfg.max_seq_length} tokens fits on the GPU")
+    raise StageFailed(
+        f"train.micro_batch auto: not even 1 row of {cfg.max_seq_length} tokens fits on the GPU; lower "
+        "train.max_seq_length or set train.load_in_4bit: true"
+    )
 
 
 def probe_batch(micro: int, seq: int, padding_free: bool, device: Any) -> dict[str, Any]:
@@ -312,9 +208,9 @@ def build_trainer(
         callbacks=callbacks,
     )
     if truncate_here:
-        trainer.train_dataset = _truncate(trainer.train_dataset, cfg.max_seq_length)
+        trainer.train_dataset = truncate(trainer.train_dataset, cfg.max_seq_length)
         if trainer.eval_dataset is not None:
-            trainer.eval_dataset = _truncate(trainer.eval_dataset, cfg.max_seq_length)
+            trainer.eval_dataset = truncate(trainer.eval_dataset, cfg.max_seq_length)
     return trainer, micro, accum
 
 
@@ -331,165 +227,8 @@ def attention_kernel(backend: backends.Backend, trainer: Any, calls: dict[str, i
     return f"{implementation}: " + ", ".join(f"{k} x{n}" for k, n in sorted(calls.items()))
 
 
-def _truncate(dataset: Any, max_length: int) -> Any:
+def truncate(dataset: Any, max_length: int) -> Any:
     """Cut tokenized rows to `max_length` tokens, as TRL's own truncation does (it keeps the start). The
     loss mask is `completion_mask` in TRL 1.15 and folded into `labels` from 1.16."""
     columns = [c for c in ("input_ids", "completion_mask", "labels") if c in dataset.column_names]
     return dataset.map(lambda row: {c: row[c][:max_length] for c in columns})
-
-
-def prepare_work_dir(
-    cfg: TrainConfig, rows: list[dict[str, Any]], base_dir: Path, work_dir: Path
-) -> str | None:
-    """The checkpoint to resume from, if `train.resume` is on and `work_dir` holds one of this very run
-    (same train params, dataset and base); anything else there is stale and removed."""
-    from genz_speak.models import model_fingerprint
-
-    state = [dataclasses.asdict(cfg), rows, model_fingerprint(base_dir)]
-    blob = json.dumps(state, sort_keys=True, default=str)
-    fingerprint = hashlib.sha256(blob.encode()).hexdigest()
-    stamp = work_dir / "fingerprint.txt"
-    if not cfg.resume or not stamp.is_file() or stamp.read_text() != fingerprint:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-    return _last_complete_checkpoint(work_dir) if cfg.resume else None
-
-
-def _last_complete_checkpoint(work_dir: Path) -> str | None:
-    """The newest checkpoint that was written to the end: the Trainer writes trainer_state.json last, so a
-    kill mid-save leaves a folder without a readable one (removed here, never resumed from)."""
-    steps = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True)
-    for ckpt in steps:
-        try:
-            json.loads((ckpt / "trainer_state.json").read_text())
-            return str(ckpt)
-        except (OSError, ValueError):
-            log.warning("train.resume: %s is incomplete (killed while saving); removed", ckpt)
-            shutil.rmtree(ckpt, ignore_errors=True)
-    return None
-
-
-def train(
-    cfg: TrainConfig,
-    rows: list[dict[str, Any]],
-    base_dir: Path,
-    out_dir: Path,
-    live_dir: Path,
-    work_dir: Path,
-) -> dict[str, Any] | None:
-    """Train a LoRA adapter on the dataset's train split (validation split for eval loss); save it.
-
-    Under data parallelism every process trains; rank 0 alone saves the adapter, logs curves and returns
-    the metrics (the other ranks return None), after checking that every rank holds the same LoRA weights.
-    """
-    import torch
-
-    from genz_speak.models import device, set_cpu_threads
-
-    set_cpu_threads(cfg.cpu_threads)
-    processes = distributed.num_processes(cfg)
-    main = distributed.is_main_process()
-    backend = backends.resolve_backend(cfg)
-    prepared = backends.load(backend, base_dir, cfg)  # before trl: unsloth must patch first
-
-    from datasets import Dataset
-
-    train_rows = [prompt_completion(r) for r in rows if r["split"] == "train"]
-    eval_rows = [prompt_completion(r) for r in rows if r["split"] == "validation"]
-    if not train_rows:
-        raise InputError("the dataset has no rows with split == 'train'")
-    cuda = torch.cuda.is_available()
-    trainer, micro, accum = build_trainer(
-        cfg,
-        backend,
-        prepared,
-        Dataset.from_list(train_rows),
-        Dataset.from_list(eval_rows) if eval_rows else None,
-        work_dir,
-        [],
-        processes,
-    )
-    # The Trainer has joined the process group by now: rank 0 alone sorts the checkpoints out.
-    checkpoint = distributed.broadcast(prepare_work_dir(cfg, rows, base_dir, work_dir) if main else None)
-    clock = _step_clock()
-    trainer.add_callback(clock)
-    if main:
-        trainer.add_callback(_live_callback(live_dir, resume=checkpoint is not None))
-        samples = [r for r in rows if r["split"] == "validation"][: cfg.sample_questions]
-        (live_dir / "samples.jsonl").touch()  # the stage's output even when nothing is sampled
-        if samples:
-            trainer.add_callback(
-                _sample_callback(
-                    samples, prepared.tokenizer, live_dir / "samples.jsonl", cfg.sample_max_new_tokens
-                )
-            )
-    masking = check_masking(trainer.train_dataset, len(train_rows), packed=cfg.packing)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    if checkpoint:
-        log.info("train.resume: resuming from %s", checkpoint)
-    calls_before = attention.kernel_calls.copy()
-    start = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    wall = time.monotonic() - start
-    kernel = attention_kernel(backend, trainer, attention.kernel_calls - calls_before)
-
-    peak_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    ranks = distributed.gather({"adapter": distributed.adapter_digest(trainer.model), "peak_mb": peak_mb})
-    distributed.finish()  # the last collective: rank 0 saves alone from here
-    if not main:
-        return None
-    if len({r["adapter"] for r in ranks}) != 1:
-        raise RuntimeError(
-            "the LoRA weights differ across data-parallel ranks after training (digests "
-            f"{[r['adapter'][:12] for r in ranks]}): gradients were not synchronised; nothing saved"
-        )
-    trainer.model.save_pretrained(out_dir)
-    prepared.tokenizer.save_pretrained(out_dir)
-    history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
-    tokens = max((h.get("num_tokens", 0) for h in history), default=0)
-    if not tokens:  # TRL 1.15 under Unsloth logs no num_tokens: count the epochs' tokens instead
-        tokens = sum(map(len, trainer.train_dataset["input_ids"])) * (trainer.state.epoch or 0.0)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    steps_per_s = clock.steady_rate()
-    return {
-        "backend": backend,
-        "versions": library_versions(backend, cfg.load_in_4bit),
-        "device": str(device()) if not cuda else torch.cuda.get_device_name(),
-        "load_in_4bit": cfg.load_in_4bit,
-        "processes": processes,
-        "steps": trainer.state.global_step,
-        "micro_batch": micro,
-        "gradient_accumulation_steps": accum,
-        "rows_per_step": micro * accum * processes,
-        "packing": cfg.packing and cfg.packing_strategy,
-        "padding_free": bool(getattr(trainer.args, "padding_free", False)),
-        "attention_kernel": kernel,
-        "epochs": round(trainer.state.epoch or 0.0, 3),
-        "train_rows": len(train_rows),
-        "final_loss": round(losses[-1], 4) if losses else None,
-        "min_loss": round(min(losses), 4) if losses else None,
-        "train_loss_mean": round(result.training_loss, 4),
-        "eval_loss": round(eval_losses[-1], 4) if eval_losses else None,
-        "tokens": int(tokens),
-        "completion_tokens": masking["completion_tokens"],
-        "rows_fully_masked": masking["rows_fully_masked"],
-        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-        "tokens_per_s_steady": (
-            round(tokens / trainer.state.global_step * steps_per_s, 1) if steps_per_s else None
-        ),
-        "wall_s": round(wall, 1),
-        # Per process: the largest of the ranks (each holds a whole model copy).
-        "peak_memory_mb": round(max(r["peak_mb"] for r in ranks), 1),
-        "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
-        "trainable_parameters": trainable,
-        "adapter_sha256": ranks[0]["adapter"],  # equal on all `adapter_ranks_checked` ranks (else raised)
-        "adapter_ranks_checked": len(ranks),
-    }

@@ -1,87 +1,39 @@
-"""The generate stage's engine: cache-backed, resumable teacher rewriting with validation."""
+"""generate: the teacher rewrites each train/validation answer in Gen Z voice, keeping the facts; every
+rewrite is cached as it finishes (a killed run resumes) and validated before it enters the dataset."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from genz_speak.config import GenerateConfig
-from genz_speak.data.dataset import dataset_row
-from genz_speak.errors import InputError, StageFailed
-from genz_speak.io import AppendLog, read_jsonl_tolerant, write_json, write_jsonl
-from genz_speak.teachers import Teacher, TeacherRequest, TeacherResult
-from genz_speak.teachers.base import build_messages, pick_exemplars
-from genz_speak.teachers.validate import check
+from genz_speak.data.corpus import read_corpus
+from genz_speak.data.dataset import SPLITS, dataset_row, read_split
+from genz_speak.errors import StageFailed
+from genz_speak.io import AppendLog, read_jsonl_tolerant, write_jsonl
+from genz_speak.teachers import Teacher, TeacherRequest, TeacherResult, build_teacher
+from genz_speak.teachers.base import rewrite_key, teacher_chats, teacher_name
+from genz_speak.teachers.corpus import check_coverage
+from genz_speak.teachers.validate import rejection_reason
 
 log = logging.getLogger(__name__)
 
-RULES_VERSION = "2"  # bump when the rules stylizer changes, so cached rewrites are not reused
 
-
-def cache_key(
-    cfg: GenerateConfig, row: dict[str, Any], messages: list[dict[str, str]], corpus: dict[str, str]
-) -> str:
-    """Everything that determines a rewrite: the teacher and, for an LLM teacher, its model, the whole
-    chat it is sent (system prompt, few-shot exemplars, the row's prompt) and sampling; the source row."""
-    if cfg.teacher == "rules":
-        teacher: dict[str, Any] = {"teacher": "rules", "version": RULES_VERSION}
-    elif cfg.teacher == "corpus":
-        teacher = {"teacher": "corpus", "rewrite": corpus.get(row["id"]), "rules_version": RULES_VERSION}
-    else:
-        teacher = {
-            "teacher": cfg.teacher,
-            "model": cfg.model,
-            "messages": messages,
-            "sampling": asdict(cfg.sampling),
-        }
-    source = {k: row[k] for k in ("instruction", "context", "response")}
-    blob = json.dumps({"t": teacher, "s": source}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _teacher_name(cfg: GenerateConfig) -> str:
-    return cfg.teacher if cfg.teacher in ("corpus", "rules") else f"{cfg.teacher}:{cfg.model}"
-
-
-def chats(
-    cfg: GenerateConfig, rows: list[dict[str, Any]], corpus: Sequence[dict[str, Any]], exclude: frozenset[str]
-) -> dict[str, list[dict[str, str]]]:
-    """The chat each row's LLM teacher is sent, few-shot exemplars from the corpus included (none for the
-    offline teachers, which send nothing)."""
-    llm = cfg.teacher not in ("corpus", "rules")
-    return {
-        r["id"]: build_messages(cfg, r, pick_exemplars(cfg.fewshot, r, corpus, exclude) if llm else ())
-        for r in rows
-    }
-
-
-def check_corpus_coverage(
-    cfg: GenerateConfig, rows: list[dict[str, Any]], corpus: list[dict[str, Any]]
-) -> None:
-    """With the corpus teacher and generate.corpus_missing: error, every source row needs a rewrite."""
-    if cfg.teacher != "corpus" or cfg.corpus_missing != "error":
-        return
-    have = {r["id"] for r in corpus}
-    missing = [r for r in rows if r["id"] not in have]
-    if missing:
-        first = missing[0]
-        raise InputError(
-            f"params.yaml: generate.teacher: corpus has no rewrite for {len(missing)} of {len(rows)} "
-            f"source rows (first: {first['id']}, {first['instruction'][:60]!r}); add them to the corpus, "
-            "pick an LLM teacher, or set generate.corpus_missing: rules (the rules stylizer's caricature "
-            "for those rows)"
-        )
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path  # prepare's {train,validation,heldout}.jsonl
+    corpus: Path  # the hand-written Gen Z corpus: the corpus teacher, and LLM teachers' few-shot exemplars
+    out_dir: Path  # genz_dataset.jsonl, rejects.jsonl
+    cache: Path  # every finished rewrite and failed row, appended as it finishes
 
 
 @dataclass
@@ -109,13 +61,8 @@ class Progress:
         eta = (self.total - self.done) / rate if rate else float("inf")
         log.info(
             "generate: %d/%d rows, %.2f rows/s, ETA %.0fs, failures %d, retries %d",
-            self.done,
-            self.total,
-            rate,
-            eta,
-            self.failed,
-            self.retries,
-        )
+            self.done, self.total, rate, eta, self.failed, self.retries,
+        )  # fmt: skip
 
 
 def _batched(items: list[TeacherRequest], n: int) -> Iterator[list[TeacherRequest]]:
@@ -129,16 +76,16 @@ def _reason_counts(rejects: list[dict[str, Any]], top: int = 3) -> str:
     return "; ".join(f"{n} x {stem}" for stem, n in stems.most_common(top))
 
 
-def generate(
+def rewrite_splits(
     cfg: GenerateConfig,
     splits: dict[str, list[dict[str, Any]]],
     teacher: Teacher,
     out_dir: Path,
     cache_path: Path,
-    metrics_path: Path,
     corpus: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Rewrite every row of `splits` (name -> rows), reusing cached rewrites; write dataset, rejects, metrics.
+    """Rewrite every row of `splits` (name -> rows), reusing cached rewrites; write dataset and rejects;
+    return the metrics.
 
     Each finished row (its rewrite, or the teacher's error once it gave up, with the row's retries and
     faults) is appended to `cache_path` and flushed before the next, so a killed run resumes where it
@@ -148,11 +95,12 @@ def generate(
     """
     run_id = uuid.uuid4().hex[:12]
     rows = [(name, r) for name, split_rows in splits.items() for r in split_rows]
-    check_corpus_coverage(cfg, [r for _, r in rows], corpus)
+    check_coverage(cfg, [r for _, r in rows], corpus)
     # Exemplars never come from the held-out questions: their answers are the evaluation's.
-    messages = chats(cfg, [r for _, r in rows], corpus, frozenset(r["id"] for r in splits.get("heldout", [])))
+    heldout = frozenset(r["id"] for r in splits.get("heldout", []))
+    messages = teacher_chats(cfg, [r for _, r in rows], corpus, heldout)
     rewrites = {r["id"]: r["genz"] for r in corpus}
-    keys = {r["id"]: cache_key(cfg, r, messages[r["id"]], rewrites) for _, r in rows}
+    keys = {r["id"]: rewrite_key(cfg, r, messages[r["id"]], rewrites) for _, r in rows}
     wanted = set(keys.values())
     cached: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []  # every record of this dataset's rows, failed tries included
@@ -168,11 +116,8 @@ def generate(
     ]
     log.info(
         "generate: %d rows, %d cached, %d to rewrite with teacher %s",
-        len(rows),
-        len(rows) - len(todo),
-        len(todo),
-        teacher.name,
-    )
+        len(rows), len(rows) - len(todo), len(todo), teacher.name,
+    )  # fmt: skip
     progress = Progress(total=len(todo))
     failures: dict[str, str] = {}
     start = time.monotonic()
@@ -209,14 +154,14 @@ def generate(
             continue
         # The whole chat: a rewrite that copies a few-shot exemplar is an echo too.
         prompt = "\n".join(m["content"] for m in messages[r["id"]])
-        reason = check(r["response"], prompt, rec["output"], cfg.validation)
+        reason = rejection_reason(r["response"], prompt, rec["output"], cfg.validation)
         if reason:
             rejects.append({"id": r["id"], "split": split, "reason": reason, "output": rec["output"]})
             continue
         dataset.append(
             {
                 **dataset_row(r, split, rec["output"].strip()),
-                "teacher": rec.get("teacher") or _teacher_name(cfg),
+                "teacher": rec.get("teacher") or teacher_name(cfg),
             }
         )
     if rows and len(rejects) / len(rows) > cfg.max_reject_fraction:
@@ -237,7 +182,7 @@ def generate(
         faults.update(rec.get("faults", {}))
     write_jsonl(out_dir / "genz_dataset.jsonl", dataset)
     write_jsonl(out_dir / "rejects.jsonl", rejects)
-    metrics = {
+    return {
         "rows": len(dataset),
         "rejected": len(rejects),
         "rows_by_split": {s: sum(d["split"] == s for d in dataset) for s in splits},
@@ -257,5 +202,11 @@ def generate(
         "tokens_out": sum(rec.get("tokens_out", 0) for rec in history),
         **teacher_stats,  # the openai teacher's endpoints: this run
     }
-    write_json(metrics_path, metrics)
-    return metrics
+
+
+def run(cfg: GenerateConfig, paths: Paths) -> dict[str, Any]:
+    """Rewrite the prepared splits with the configured teacher (held-out rewrites are the evaluation's
+    "Train" reference, never trained on)."""
+    splits = {name: read_split(paths.data_dir / f"{name}.jsonl") for name in SPLITS}
+    corpus = read_corpus(paths.corpus)
+    return rewrite_splits(cfg, splits, build_teacher(cfg, corpus), paths.out_dir, paths.cache, corpus)

@@ -7,7 +7,6 @@ of the language, and emoji are a range of Unicode, so the measures mean the same
 from __future__ import annotations
 
 import re
-import zlib
 
 # English closed-class words (articles, pronouns, prepositions, conjunctions, auxiliaries, determiners,
 # a few discourse adverbs). Real sentences are built on them (about 40-55% of running English text);
@@ -33,9 +32,6 @@ _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff\u3030\u303d\u3297\u3299\ufe0f\u200d]"
 )
 _WORD = re.compile(r"[^\W_](?:[\w'’-]*[^\W_])?")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-# Clause boundaries inside a sentence: where a bolted-on opener or closer usually meets the body.
-_CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+|\s+(?=\()|(?<=\))\s+|(?<=[.!?])\s+|\n+")
 
 
 def words(text: str) -> list[str]:
@@ -57,24 +53,9 @@ def function_word_ratio(text: str) -> float:
     return sum(t in FUNCTION_WORDS for t in toks) / len(toks) if toks else 0.0
 
 
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
-
-
-def clauses(text: str) -> list[str]:
-    """The text cut at sentence and clause punctuation (commas, colons, dashes, brackets, line breaks)."""
-    return [c.strip() for c in _CLAUSE_END.split(text) if c.strip()]
-
-
 def opening(text: str, n: int = 3) -> str:
     """The first `n` words, lowercased: what a template-learning model repeats."""
     return " ".join(w.lower() for w in words(text)[:n])
-
-
-def compression_ratio(text: str) -> float:
-    """zlib-compressed size / raw size (UTF-8): loops compress far better than ordinary text."""
-    raw = text.encode("utf-8")
-    return len(zlib.compress(raw, 9)) / len(raw) if raw else 1.0
 
 
 def repeated_ngram_share(text: str, n: int = 3) -> float:

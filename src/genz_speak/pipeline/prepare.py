@@ -1,0 +1,33 @@
+"""prepare: source questions -> train / validation / held-out splits, and the base model as a folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genz_speak.config import PrepareConfig
+from genz_speak.data.dataset import SPLITS
+from genz_speak.data.questions import load_source, split_rows
+from genz_speak.io import SkipBudget, write_jsonl
+from genz_speak.models import materialize_base_model
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path  # {train,validation,heldout}.jsonl
+    model_dir: Path  # the base model (safetensors, tokenizer, chat template)
+
+
+def run(cfg: PrepareConfig, paths: Paths) -> dict[str, Any]:
+    """Split the source and write the base model; row counts, drops and the base model are the metrics."""
+    budget = SkipBudget(cfg.max_bad_rows)
+    split = split_rows(load_source(cfg, budget), cfg)
+    for name in SPLITS:
+        write_jsonl(paths.data_dir / f"{name}.jsonl", getattr(split, name))
+    model_info = materialize_base_model(cfg.base_model, paths.model_dir, cfg.base_dtype)
+    return {
+        "rows": {name: len(getattr(split, name)) for name in SPLITS},
+        "dropped": {**split.dropped, "bad": len(budget.skipped)},
+        "base_model": model_info,
+    }

@@ -1,0 +1,101 @@
+"""Each stage's code deps in dvc.yaml are exactly the modules its script imports, directly or through
+other project modules (module level or inside functions: either runs when the stage does), so a library
+edit reruns the stages that run it and no others. Imports under `if TYPE_CHECKING:` never run and do not
+count; a package's `__init__.py` counts when it holds code (a docstring-only one cannot change a result)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+PACKAGE = "genz_speak"
+
+
+def _module_file(name: str) -> Path | None:
+    base = SRC / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path) -> set[str]:
+    """The project modules a file imports (package parents included: importing a.b runs a first)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and _is_type_checking(node)
+        for n in ast.walk(node)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import mod` imports the module pkg.mod where there is one.
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != PACKAGE:
+                continue
+            for i in range(1, len(parts) + 1):
+                if _module_file(".".join(parts[:i])) is not None:
+                    found.add(".".join(parts[:i]))
+    return found
+
+
+def _has_code(path: Path) -> bool:
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+
+
+def reach(script: Path) -> set[str]:
+    """The project files (relative to the repo root) that running `script` can execute."""
+    todo, seen = set(_imports(script)), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo |= _imports(_module_file(name))  # type: ignore[arg-type]
+    files = {_module_file(n) for n in seen}
+    return {
+        str(f.relative_to(ROOT)) for f in files if f is not None and (f.name != "__init__.py" or _has_code(f))
+    }
+
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_code_deps_are_what_the_stage_imports(name: str) -> None:
+    script = f"stages/{name}.py"
+    listed = {d for d in STAGES[name]["deps"] if d.endswith(".py") or d.startswith("src/")}
+    wanted = reach(ROOT / script) | {script}
+    assert listed == wanted, (
+        f"dvc.yaml {name}: missing {sorted(wanted - listed)}, extra {sorted(listed - wanted)}"
+    )
+
+
+def test_export_reaches_no_judge_and_few_modules() -> None:
+    """The export stage (GGUF files and the model card) runs none of the judges' code: a judge refactor
+    must not rerun the export."""
+    files = reach(ROOT / "stages/export.py")
+    assert not [f for f in files if "/judges/" in f], sorted(files)
+    assert len(files) <= 15, sorted(files)
