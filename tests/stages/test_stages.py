@@ -485,6 +485,48 @@ def test_golden_values(evaluated: Path) -> None:
     assert scores == pytest.approx(GOLDEN_SCORES, abs=2e-3)
 
 
+# Pinned likewise: the tiny model trained 8 steps on one fixed batch of two rows (constant lr 1e-2).
+GOLDEN_LEARNING = {"first": 10.8317, "drop": 0.8898}
+
+
+def test_golden_learning(tiny_model: Path, tmp_path: Path) -> None:
+    """The trainer learns, not only reproduces: on one fixed batch the loss falls by a pinned amount (a
+    broken loss mask, optimizer or LoRA wiring leaves it flat or moves it elsewhere)."""
+    from dataclasses import replace
+
+    from datasets import Dataset
+
+    from genz_speak.config import TrainConfig
+    from genz_speak.data.chat import prompt_completion
+    from genz_speak.training import backends
+    from genz_speak.training.sft import build_trainer
+
+    rows = [
+        {"instruction": "What is the capital of France?", "context": "", "output": "paris, no contest 🇫🇷"},
+        {"instruction": "Name a primary colour.", "context": "", "output": "red is one, fr"},
+    ]
+    cfg = replace(
+        TrainConfig(),
+        backend="transformers",
+        batch_size=2,
+        max_steps=8,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        logging_steps=1,
+        max_seq_length=128,
+        cpu_threads=1,
+    )
+    prepared = backends.load("transformers", tiny_model, cfg)
+    data = Dataset.from_list([prompt_completion(r) for r in rows])
+    trainer, _, _ = build_trainer(cfg, "transformers", prepared, data, None, tmp_path, [])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 8
+    assert losses[0] == pytest.approx(GOLDEN_LEARNING["first"], abs=2e-3)
+    assert losses[0] - losses[-1] == pytest.approx(GOLDEN_LEARNING["drop"], abs=2e-2)
+
+
 def read_jsonl_tsv(path: Path) -> list[dict[str, str]]:
     import csv
 

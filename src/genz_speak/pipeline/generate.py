@@ -76,48 +76,39 @@ def _reason_counts(rejects: list[dict[str, Any]], top: int = 3) -> str:
     return "; ".join(f"{n} x {stem}" for stem, n in stems.most_common(top))
 
 
-def rewrite_splits(
-    cfg: GenerateConfig,
-    splits: dict[str, list[dict[str, Any]]],
-    teacher: Teacher,
-    out_dir: Path,
-    cache_path: Path,
-    corpus: Sequence[dict[str, Any]] = (),
-) -> dict[str, Any]:
-    """Rewrite every row of `splits` (name -> rows), reusing cached rewrites; write dataset and rejects;
-    return the metrics.
-
-    Each finished row (its rewrite, or the teacher's error once it gave up, with the row's retries and
-    faults) is appended to `cache_path` and flushed before the next, so a killed run resumes where it
-    stopped and the metrics count the requests of every run that built the dataset. The dataset is
-    written atomically at the end, in input order; a run with more rows rejected than
-    `generate.max_reject_fraction`, or none left, raises StageFailed and writes nothing.
-    """
-    run_id = uuid.uuid4().hex[:12]
-    rows = [(name, r) for name, split_rows in splits.items() for r in split_rows]
-    check_coverage(cfg, [r for _, r in rows], corpus)
-    # Exemplars never come from the held-out questions: their answers are the evaluation's.
-    heldout = frozenset(r["id"] for r in splits.get("heldout", []))
-    messages = teacher_chats(cfg, [r for _, r in rows], corpus, heldout)
-    rewrites = {r["id"]: r["genz"] for r in corpus}
-    keys = {r["id"]: rewrite_key(cfg, r, messages[r["id"]], rewrites) for _, r in rows}
-    wanted = set(keys.values())
+def _read_cache(cache_path: Path, wanted: set[str]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The cached rewrites of the wanted keys, and every record of them (failed tries included)."""
     cached: dict[str, dict[str, Any]] = {}
-    history: list[dict[str, Any]] = []  # every record of this dataset's rows, failed tries included
+    history: list[dict[str, Any]] = []
     for rec in read_jsonl_tolerant(cache_path):
         if rec["key"] in wanted:
             history.append(rec)
             if "output" in rec:
                 cached[rec["key"]] = rec
-    todo = [
-        TeacherRequest(id=r["id"], row=r, messages=messages[r["id"]])
-        for _, r in rows
-        if keys[r["id"]] not in cached
-    ]
-    log.info(
-        "generate: %d rows, %d cached, %d to rewrite with teacher %s",
-        len(rows), len(rows) - len(todo), len(todo), teacher.name,
-    )  # fmt: skip
+    return cached, history
+
+
+@dataclass
+class _Batch:
+    """What one run of the teacher over the uncached rows left: failures by id, counts and time."""
+
+    failures: dict[str, str]
+    progress: Progress
+    wall_s: float
+    stats: dict[str, Any]
+
+
+def _ask_teacher(
+    cfg: GenerateConfig,
+    teacher: Teacher,
+    todo: list[TeacherRequest],
+    keys: dict[str, str],
+    cache_path: Path,
+    cached: dict[str, dict[str, Any]],
+    history: list[dict[str, Any]],
+) -> _Batch:
+    """Rewrite `todo`, appending each finished row to the cache (and to `cached` and `history`)."""
+    run_id = uuid.uuid4().hex[:12]
     progress = Progress(total=len(todo))
     failures: dict[str, str] = {}
     start = time.monotonic()
@@ -142,13 +133,22 @@ def rewrite_splits(
                 rec |= {"retries": res.retries, "faults": res.faults, "run": run_id}
                 cache.write(rec)
                 history.append(rec)
-    teacher_stats = teacher.stats()
+    stats = teacher.stats()
     teacher.close()
-    wall = time.monotonic() - start
+    return _Batch(failures, progress, time.monotonic() - start, stats)
 
+
+def _validate(
+    cfg: GenerateConfig,
+    rows: list[tuple[str, dict[str, Any]]],
+    rewrite_of: dict[str, dict[str, Any] | None],
+    failures: dict[str, str],
+    messages: dict[str, list[dict[str, str]]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The dataset rows whose rewrite passes every check, and the rejects with their reasons."""
     dataset, rejects = [], []
     for split, r in rows:
-        rec = cached.get(keys[r["id"]])
+        rec = rewrite_of[r["id"]]
         if rec is None:
             rejects.append({"id": r["id"], "split": split, "reason": f"teacher: {failures.get(r['id'])}"})
             continue
@@ -158,30 +158,73 @@ def rewrite_splits(
         if reason:
             rejects.append({"id": r["id"], "split": split, "reason": reason, "output": rec["output"]})
             continue
-        dataset.append(
-            {
-                **dataset_row(r, split, rec["output"].strip()),
-                "teacher": rec.get("teacher") or teacher_name(cfg),
-            }
-        )
-    if rows and len(rejects) / len(rows) > cfg.max_reject_fraction:
+        teacher = rec.get("teacher") or teacher_name(cfg)
+        dataset.append({**dataset_row(r, split, rec["output"].strip()), "teacher": teacher})
+    return dataset, rejects
+
+
+def _check_rejects(
+    cfg: GenerateConfig,
+    n_rows: int,
+    dataset: list[Any],
+    rejects: list[dict[str, Any]],
+    cache_path: Path,
+    n_cached: int,
+) -> None:
+    """More rows rejected than generate.max_reject_fraction, or none left: StageFailed, nothing written
+    (the last good outputs stay; the rewrites and failures so far stay cached)."""
+    if n_rows and len(rejects) / n_rows > cfg.max_reject_fraction:
         problem = f"over generate.max_reject_fraction={cfg.max_reject_fraction}"
-    elif rows and not dataset:
+    elif n_rows and not dataset:
         problem = "no row is left"
     else:
-        problem = None
-    if problem:
-        # Nothing is written: the last good outputs stay; the rewrites and failures so far stay cached.
-        kept = f"{cache_path} keeps the {len(cached)} rewrites so far for the rerun"
-        raise StageFailed(
-            f"generate: {len(rejects)}/{len(rows)} rows rejected ({problem}); outputs left as they were; "
-            f"{kept}; reasons: {_reason_counts(rejects)}"
-        )
+        return
+    raise StageFailed(
+        f"generate: {len(rejects)}/{n_rows} rows rejected ({problem}); outputs left as they were; "
+        f"{cache_path} keeps the {n_cached} rewrites so far for the rerun; reasons: {_reason_counts(rejects)}"
+    )
+
+
+def rewrite_splits(
+    cfg: GenerateConfig,
+    splits: dict[str, list[dict[str, Any]]],
+    teacher: Teacher,
+    out_dir: Path,
+    cache_path: Path,
+    corpus: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """Rewrite every row of `splits` (name -> rows), reusing cached rewrites; write dataset and rejects;
+    return the metrics.
+
+    Each finished row (its rewrite, or the teacher's error once it gave up, with the row's retries and
+    faults) is appended to `cache_path` and flushed before the next, so a killed run resumes where it
+    stopped and the metrics count the requests of every run that built the dataset. The dataset is
+    written atomically at the end, in input order; a run with more rows rejected than
+    `generate.max_reject_fraction`, or none left, raises StageFailed and writes nothing.
+    """
+    rows = [(name, r) for name, split_rows in splits.items() for r in split_rows]
+    check_coverage(cfg, [r for _, r in rows], corpus)
+    # Exemplars never come from the held-out questions: their answers are the evaluation's.
+    heldout = frozenset(r["id"] for r in splits.get("heldout", []))
+    messages = teacher_chats(cfg, [r for _, r in rows], corpus, heldout)
+    rewrites = {r["id"]: r["genz"] for r in corpus}
+    keys = {r["id"]: rewrite_key(cfg, r, messages[r["id"]], rewrites) for _, r in rows}
+    cached, history = _read_cache(cache_path, set(keys.values()))
+    todo = [TeacherRequest(r["id"], r, messages[r["id"]]) for _, r in rows if keys[r["id"]] not in cached]
+    log.info(
+        "generate: %d rows, %d cached, %d to rewrite with teacher %s",
+        len(rows), len(rows) - len(todo), len(todo), teacher.name,
+    )  # fmt: skip
+    done = _ask_teacher(cfg, teacher, todo, keys, cache_path, cached, history)
+    rewrite_of = {r["id"]: cached.get(keys[r["id"]]) for _, r in rows}
+    dataset, rejects = _validate(cfg, rows, rewrite_of, done.failures, messages)
+    _check_rejects(cfg, len(rows), dataset, rejects, cache_path, len(cached))
     faults: Counter[str] = Counter()
     for rec in history:
         faults.update(rec.get("faults", {}))
     write_jsonl(out_dir / "genz_dataset.jsonl", dataset)
     write_jsonl(out_dir / "rejects.jsonl", rejects)
+    wall = done.wall_s
     return {
         "rows": len(dataset),
         "rejected": len(rejects),
@@ -189,10 +232,12 @@ def rewrite_splits(
         # This run:
         "teacher_calls": len(todo),
         "cache_hits": len(rows) - len(todo),
-        "teacher_failures": len(failures),
+        "teacher_failures": len(done.failures),
         "wall_s": round(wall, 3),
         "rows_per_s": round(len(todo) / wall, 3) if wall > 0 and todo else None,
-        "tokens_per_s": round(progress.tokens_out / wall, 1) if wall > 0 and progress.tokens_out else None,
+        "tokens_per_s": round(done.progress.tokens_out / wall, 1)
+        if wall > 0 and done.progress.tokens_out
+        else None,
         # Every run whose requests built this dataset (its rows' records in the cache), this one included:
         "runs": len({rec.get("run") for rec in history}),
         "requests": sum(rec.get("retries", 0) + 1 for rec in history),
@@ -200,7 +245,7 @@ def rewrite_splits(
         "faults": dict(faults),
         "tokens_in": sum(rec.get("tokens_in", 0) for rec in history),
         "tokens_out": sum(rec.get("tokens_out", 0) for rec in history),
-        **teacher_stats,  # the openai teacher's endpoints: this run
+        **done.stats,  # the openai teacher's endpoints: this run
     }
 
 

@@ -42,6 +42,21 @@ class Fitted:
     metrics: dict[str, Any]
 
 
+def _add_reporting(
+    trainer: Any, cfg: TrainConfig, rows: list[dict[str, Any]], live_dir: Path, tokenizer: Any, resumed: bool
+) -> None:
+    """Rank 0's callbacks: DVCLive curves, and sample answers to the first validation questions."""
+    trainer.add_callback(callbacks.live_callback(live_dir, resume=resumed))
+    samples = [r for r in rows if r["split"] == "validation"][: cfg.sample_questions]
+    (live_dir / "samples.jsonl").touch()  # the stage's output even when nothing is sampled
+    if samples:
+        trainer.add_callback(
+            callbacks.sample_callback(
+                samples, tokenizer, live_dir / "samples.jsonl", cfg.sample_max_new_tokens
+            )
+        )
+
+
 def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: int) -> Fitted | None:
     """Train on every rank; rank 0 gets the trainer, tokenizer and metrics (the others None), once every
     rank's LoRA weights are checked to be equal."""
@@ -78,15 +93,7 @@ def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: 
     clock = callbacks.step_clock()
     trainer.add_callback(clock)
     if main:
-        trainer.add_callback(callbacks.live_callback(paths.live_dir, resume=checkpoint is not None))
-        samples = [r for r in rows if r["split"] == "validation"][: cfg.sample_questions]
-        (paths.live_dir / "samples.jsonl").touch()  # the stage's output even when nothing is sampled
-        if samples:
-            trainer.add_callback(
-                callbacks.sample_callback(
-                    samples, prepared.tokenizer, paths.live_dir / "samples.jsonl", cfg.sample_max_new_tokens
-                )
-            )
+        _add_reporting(trainer, cfg, rows, paths.live_dir, prepared.tokenizer, resumed=checkpoint is not None)
     masking = check_masking(trainer.train_dataset, len(train_rows), packed=cfg.packing)
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -125,43 +125,23 @@ def probe_batch(micro: int, seq: int, padding_free: bool, device: Any) -> dict[s
     return {"input_ids": ids.reshape(1, -1), "labels": ids.reshape(1, -1), "position_ids": positions}
 
 
-def build_trainer(
+def sft_args(
     cfg: TrainConfig,
     backend: backends.Backend,
-    prepared: backends.Prepared,
-    train_dataset: Any,
-    eval_dataset: Any | None,
     work_dir: Path,
-    callbacks: list[Any],
-    processes: int = 1,
-) -> tuple[Any, int, int]:
-    """The SFTTrainer for `cfg`, and the (micro-batch, accumulation) each of `processes` data-parallel
-    processes uses. Datasets may hold conversational prompt-completion rows or pre-tokenized `input_ids` +
-    `completion_mask`."""
+    micro: int,
+    accum: int,
+    truncate_here: bool,
+    evaluate: bool,
+) -> Any:
+    """TRL's SFTConfig for `cfg`: `micro` rows per device step, `accum` accumulation steps; with
+    `truncate_here`, rows are cut by `truncate` rather than by TRL."""
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
-    model = prepared.model
-    if prepared.peft_config is not None:  # probe with the adapter in place, as training will run
-        from peft import get_peft_model
-        from transformers import set_seed
-
-        set_seed(cfg.seed)  # LoRA's A matrices start random: seeded, a rerun (and every rank) starts alike
-        model = get_peft_model(model, prepared.peft_config)
     padding_free = cfg.padding_free_batches
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if padding_free and backend == "transformers" and not attention.isolates_rows(implementation):
-        raise InputError(
-            f"params.yaml: train.attn_implementation: {implementation} lets the rows of a padding-free batch "
-            f"(train.packing with bfd, or train.padding_free) attend to each other; leave it unset "
-            f"({attention.VARLEN}: torch's varlen kernel on CUDA, SDPA per row elsewhere) or use "
-            "flash_attention_2 where installed"
-        )
-    micro, accum = plan_micro_batch(cfg, model, processes)
-    # TRL bounds row length by packing or padding; padding-free batches without packing leave it to us.
-    truncate_here = bool(padding_free) and not cfg.packing
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(work_dir),
         max_length=None if truncate_here else cfg.max_seq_length,
         completion_only_loss=True,
@@ -184,7 +164,7 @@ def build_trainer(
         optim=cfg.optimizer if cfg.optimizer != "adamw_8bit" else "adamw_bnb_8bit",
         gradient_checkpointing=cfg.gradient_checkpointing and backend == "transformers",
         logging_steps=cfg.logging_steps,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if eval_dataset is not None else "no",
+        eval_strategy=("steps" if cfg.eval_steps else "epoch") if evaluate else "no",
         eval_steps=cfg.eval_steps,
         # With train.resume, checkpoints every save_steps (only the last kept) let a killed run continue.
         save_strategy="steps" if cfg.resume else "no",
@@ -199,6 +179,43 @@ def build_trainer(
         # Every LoRA weight takes part in each forward pass: DDP need not search the graph for unused ones.
         ddp_find_unused_parameters=False,
     )
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    backend: backends.Backend,
+    prepared: backends.Prepared,
+    train_dataset: Any,
+    eval_dataset: Any | None,
+    work_dir: Path,
+    callbacks: list[Any],
+    processes: int = 1,
+) -> tuple[Any, int, int]:
+    """The SFTTrainer for `cfg`, and the (micro-batch, accumulation) each of `processes` data-parallel
+    processes uses. Datasets may hold conversational prompt-completion rows or pre-tokenized `input_ids` +
+    `completion_mask`."""
+    from trl import SFTTrainer
+
+    model = prepared.model
+    if prepared.peft_config is not None:  # probe with the adapter in place, as training will run
+        from peft import get_peft_model
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # LoRA's A matrices start random: seeded, a rerun (and every rank) starts alike
+        model = get_peft_model(model, prepared.peft_config)
+    padding_free = cfg.padding_free_batches
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if padding_free and backend == "transformers" and not attention.isolates_rows(implementation):
+        raise InputError(
+            f"params.yaml: train.attn_implementation: {implementation} lets the rows of a padding-free batch "
+            f"(train.packing with bfd, or train.padding_free) attend to each other; leave it unset "
+            f"({attention.VARLEN}: torch's varlen kernel on CUDA, SDPA per row elsewhere) or use "
+            "flash_attention_2 where installed"
+        )
+    micro, accum = plan_micro_batch(cfg, model, processes)
+    # TRL bounds row length by packing or padding; padding-free batches without packing leave it to us.
+    truncate_here = bool(padding_free) and not cfg.packing
+    args = sft_args(cfg, backend, work_dir, micro, accum, truncate_here, eval_dataset is not None)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -1,11 +1,14 @@
-"""Each stage's code deps in dvc.yaml are exactly the modules its script imports, directly or through
-other project modules (module level or inside functions: either runs when the stage does), so a library
-edit reruns the stages that run it and no others. Imports under `if TYPE_CHECKING:` never run and do not
-count; a package's `__init__.py` counts when it holds code (a docstring-only one cannot change a result)."""
+"""How the code is laid out, held by tests: each stage's code deps in dvc.yaml are exactly the modules
+its script imports, directly or through other project modules (module level or inside functions: either
+runs when the stage does), so a library edit reruns the stages that run it and no others. Imports under
+`if TYPE_CHECKING:` never run and do not count; a package's `__init__.py` counts when it holds code (a
+docstring-only one cannot change a result). Modules and functions stay small; the CLI stays light."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,33 @@ def test_export_reaches_no_judge_and_few_modules() -> None:
     files = reach(ROOT / "stages/export.py")
     assert not [f for f in files if "/judges/" in f], sorted(files)
     assert len(files) <= 15, sorted(files)
+
+
+def _sources() -> list[Path]:
+    return sorted([*(SRC / PACKAGE).rglob("*.py"), *(ROOT / "stages").glob("*.py")])
+
+
+def test_no_module_over_400_lines_no_function_over_80() -> None:
+    long_files = [
+        (str(f.relative_to(ROOT)), n) for f in _sources() if (n := len(f.read_text().splitlines())) > 400
+    ]
+    long_functions = []
+    for f in _sources():
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if n > 80:
+                    long_functions.append((f"{f.relative_to(ROOT)}:{node.name}", n))
+    assert not long_files and not long_functions, (long_files, long_functions)
+
+
+def test_a_light_command_imports_nothing_heavy() -> None:
+    """`genz-speak profile --help` needs argparse, not torch, pydantic or the test server's fastapi."""
+    code = (
+        "import sys; from genz_speak import cli\n"
+        "try: cli.main(['profile', '--help'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'pydantic', 'fastapi', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: genz-speak profile" in out and out.strip().endswith("[]"), out
