@@ -12,7 +12,7 @@ from genz_speak.data.corpus import read_corpus
 from genz_speak.data.dataset import row_id, validate_row
 from genz_speak.errors import InputError
 from genz_speak.io import read_jsonl
-from genz_speak.judges.calibration import KINDS, read_calibration
+from genz_speak.judges.calibration import KINDS, annotator_agreement, read_calibration
 from genz_speak.judges.facts import number_readings, numbers
 from tests.conftest import ROOT
 
@@ -63,6 +63,15 @@ def test_calibration_set_covers_what_the_judges_are_held_to() -> None:
                 q["response"],
             )
     assert len({r["answer"] for r in CALIBRATION}) == len(CALIBRATION)
+
+
+def test_a_second_annotator_labelled_every_row_blind_and_agrees() -> None:
+    """The second, blind labelling pass is in the repo (`genz-speak judge-check --annotators` prints it):
+    every row labelled twice, the two passes close."""
+    result = annotator_agreement(CALIBRATION, ROOT / "data/judge_calibration_second.jsonl")
+    assert result["rows"] == len(CALIBRATION)
+    assert min(result["spearman"].values()) >= 0.85, result
+    assert max(result["max_difference"].values()) <= 3, result
 
 
 def test_calibration_labels_follow_the_rubric_by_kind() -> None:

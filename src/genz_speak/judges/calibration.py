@@ -89,6 +89,32 @@ def read_calibration(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path, allow_empty=False, unique="id", check=_calibration_row)
 
 
+SECOND_FIELDS = {"id": str, "genz_style": int, "helpfulness": int, "coherence": int, "note": str}
+
+
+def _second_label(row: dict[str, Any]) -> dict[str, Any]:
+    if set(row) != set(SECOND_FIELDS):
+        raise InputError(f"fields {sorted(row)}; second-annotator rows have exactly {sorted(SECOND_FIELDS)}")
+    for c in CRITERIA:
+        if isinstance(row[c], bool) or not isinstance(row[c], int) or not 0 <= row[c] <= 10:
+            raise InputError(f"label {c}={row[c]!r} is not an integer in 0-10")
+    return row
+
+
+def annotator_agreement(rows: list[dict[str, Any]], second_path: Path) -> dict[str, Any]:
+    """How the second annotator's blind labels (`second_path`: id and the three labels) agree with the
+    calibration set's: Spearman per criterion and the largest difference, over the rows both labelled."""
+    second = {
+        r["id"]: r for r in read_jsonl(second_path, allow_empty=False, unique="id", check=_second_label)
+    }
+    both = [r for r in rows if r["id"] in second]
+    return {
+        "rows": len(both),
+        "spearman": {c: spearman([r[c] for r in both], [second[r["id"]][c] for r in both]) for c in CRITERIA},
+        "max_difference": {c: max(abs(r[c] - second[r["id"]][c]) for r in both) for c in CRITERIA},
+    }
+
+
 def agreement(rows: list[dict[str, Any]], scores: list[dict[str, float | None]]) -> dict[str, Any]:
     """How a judge's scores (one dict of criteria per row, None where it failed) agree with the labels."""
     criteria = [c for c in CRITERIA if any(s.get(c) is not None for s in scores)]

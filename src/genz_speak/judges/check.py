@@ -4,6 +4,7 @@ any OpenAI-compatible server) and print how well it agrees with the labels, befo
     genz-speak judge-check                                    # the offline judge
     genz-speak judge-check --judge openai --model gpt-5-mini  # an LLM judge (key from $OPENAI_API_KEY)
     genz-speak judge-check --judge openai --base-url http://localhost:8000/v1 --model Qwen/Qwen3-8B
+    genz-speak judge-check --annotators                       # the two human annotators' agreement
 """
 
 from __future__ import annotations
@@ -42,12 +43,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the offline judge's LM and fit",
     )
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
+    p.add_argument(
+        "--annotators",
+        action="store_true",
+        help="print how the second annotator's blind labels (--second-labels) agree with the set's; no judge",
+    )
+    p.add_argument("--second-labels", type=Path, default=Path("data/judge_calibration_second.jsonl"))
 
 
 def _judge_check(args: argparse.Namespace) -> None:
     from genz_speak.data.corpus import read_corpus
     from genz_speak.io import write_json
-    from genz_speak.judges.calibration import agreement, read_calibration, run_judge, table
+    from genz_speak.judges.calibration import (
+        agreement,
+        annotator_agreement,
+        read_calibration,
+        run_judge,
+        table,
+    )
     from genz_speak.params import load_params
 
     cfg = load_params(args.params).evaluate if args.params.is_file() else None
@@ -67,6 +80,13 @@ def _judge_check(args: argparse.Namespace) -> None:
     }
     cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, **overrides))
     rows = read_calibration(args.calibration)
+    if args.annotators:
+        result = annotator_agreement(rows, args.second_labels)
+        print(f"# two annotators on {args.calibration}: {result['rows']} rows labelled by both\n")
+        print("| criterion | Spearman | largest difference |\n|---|---|---|")
+        for c, rho in result["spearman"].items():
+            print(f"| {c} | {rho} | {result['max_difference'][c]} |")
+        return
     if args.questions:
         keep = list(dict.fromkeys(r["qid"] for r in rows))[: args.questions]
         rows = [r for r in rows if r["qid"] in keep]
