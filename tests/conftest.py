@@ -90,6 +90,20 @@ def stage_command(name: str, params: str = "params.yaml", **paths: str | Path) -
     return [*cmd, "--params", params]
 
 
+def stage_process(
+    workdir: Path,
+    name: str,
+    params: str = "params.yaml",
+    env: dict[str, str] | None = None,
+    **paths: str | Path,
+) -> subprocess.CompletedProcess[str]:
+    """Run stage `name` in `workdir` as dvc.yaml does; its exit status and output, whatever they are."""
+    cmd = stage_command(name, params, **paths)
+    return subprocess.run(
+        cmd, cwd=workdir, env=env or python_env(), capture_output=True, text=True, timeout=900
+    )
+
+
 def run_stage(
     workdir: Path,
     name: str,
@@ -97,10 +111,8 @@ def run_stage(
     env: dict[str, str] | None = None,
     **paths: str | Path,
 ) -> subprocess.CompletedProcess[str]:
-    cmd = stage_command(name, params, **paths)
-    proc = subprocess.run(
-        cmd, cwd=workdir, env=env or python_env(), capture_output=True, text=True, timeout=900
-    )
+    """`stage_process`, which must succeed."""
+    proc = stage_process(workdir, name, params, env, **paths)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-4000:]}"
     return proc
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 from genz_speak.data.dataset import dataset_row
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, write_jsonl
-from tests.conftest import ROOT, python_env, stage_command
+from tests.conftest import ROOT, stage_process
 
 GOOD = validate_rows(read_jsonl(ROOT / "data/questions.jsonl")[:40], "questions")
 SOURCE = "bad.jsonl"
@@ -358,9 +357,7 @@ def test_bad_input_fails_clearly_and_touches_nothing(workspace: Path, case: str)
             (workspace / name).write_bytes(content)
     before = digest(workspace)
 
-    proc = subprocess.run(
-        stage_command(stage), cwd=workspace, env=python_env(), capture_output=True, text=True, timeout=300
-    )
+    proc = stage_process(workspace, stage)
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = [line for line in proc.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
     assert len(error) == 1 and expected in error[0], proc.stderr[-3000:]
@@ -374,9 +371,7 @@ def test_skip_budget_skips_and_reports(workspace: Path) -> None:
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["prepare"]["max_bad_rows"] = 2
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run(
-        stage_command("prepare"), cwd=workspace, env=python_env(), capture_output=True, text=True, timeout=300
-    )
+    proc = stage_process(workspace, "prepare")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped (prepare.max_bad_rows = 2): bad.jsonl:2: not valid JSON" in proc.stderr
     assert "bad.jsonl:6: missing or empty field(s) ['response']" in proc.stderr

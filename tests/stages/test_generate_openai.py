@@ -24,6 +24,7 @@ from tests.conftest import (
     served,
     server_stats,
     stage_command,
+    stage_process,
     write_prepared,
 )
 
@@ -74,14 +75,7 @@ def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: 
     faults = ",".join(TEACHER_FAULTS)
     with served(tiny_model, "--fault-every", "3", "--faults", faults, "--stall", "4") as url:
         write_params(workdir, url)
-        proc = subprocess.run(
-            stage_command("generate"),
-            cwd=workdir,
-            env={**python_env(), "GENZ_TEST_KEY": "sk-secret-xyz"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = stage_process(workdir, "generate", env={**python_env(), "GENZ_TEST_KEY": "sk-secret-xyz"})
         stats = server_stats(url)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -128,14 +122,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(workdir: Path, tiny_model
         proc.wait()
         done_before = len(list(read_jsonl_tolerant(cache)))
         assert 6 <= done_before < ROWS and not (workdir / "data/generate/genz_dataset.jsonl").exists()
-        rerun = subprocess.run(
-            stage_command("generate"),
-            cwd=workdir,
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        rerun = stage_process(workdir, "generate")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -169,24 +156,10 @@ def test_a_failed_run_replaces_no_output_and_a_rerun_counts_both_runs(workdir: P
     prior = prior_outputs(workdir)
     with served("rules", "--fault-first", "2", "--faults", "500") as url:
         write_params(workdir, url, max_retries=1, max_reject_fraction=0.5)
-        failed = subprocess.run(
-            stage_command("generate"),
-            cwd=workdir,
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        failed = stage_process(workdir, "generate")
         first = server_stats(url)
         after_failure = {name: (workdir / name).read_bytes() for name in prior}
-        rerun = subprocess.run(
-            stage_command("generate"),
-            cwd=workdir,
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        rerun = stage_process(workdir, "generate")
         second = server_stats(url)
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr
@@ -210,14 +183,7 @@ def test_no_usable_row_fails_whatever_the_threshold(workdir: Path) -> None:
     prior = prior_outputs(workdir)
     with served("rules", "--fault-first", "9", "--faults", "nochoices") as url:
         write_params(workdir, url, max_retries=0, max_reject_fraction=1.0)
-        proc = subprocess.run(
-            stage_command("generate"),
-            cwd=workdir,
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = stage_process(workdir, "generate")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"{ROWS}/{ROWS} rows rejected (no row is left)" in proc.stderr
     assert "teacher: NoContent: reply has no choices" in proc.stderr

@@ -21,7 +21,7 @@ from genz_speak.io import free_port, read_jsonl
 from genz_speak.pipeline.generate import rewrite_splits
 from genz_speak.teachers import build_teacher
 from genz_speak.testing.serve import launch
-from tests.conftest import ROOT, python_env, stage_command, write_prepared
+from tests.conftest import ROOT, python_env, stage_process, write_prepared
 
 pytestmark = pytest.mark.slow
 SOURCE = validate_rows(read_jsonl(ROOT / "data/questions.jsonl"), "questions")
@@ -67,9 +67,7 @@ def test_stage_spreads_rows_over_two_servers(servers: list[Any], tmp_path: Path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["generate"].update(teacher="openai", model="rules", base_urls=[a, b], concurrency=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run(
-        stage_command("generate"), cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300
-    )
+    proc = stage_process(tmp_path, "generate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics/generate.json").read_text())
     per_endpoint = {e["url"]: e for e in metrics["endpoints"]}
