@@ -13,7 +13,7 @@ figures are printed and recorded as junit properties (`pytest -rA --junitxml=...
 
 Unsloth patches transformers when imported, so the transformers case skips in a process where it
 already was: run `pytest tests/gpu/test_packed_isolation.py -k transformers` on its own first
-(scripts/gpu_issue19.sh does).
+(`bash scripts/gpu_kit.sh run tests` does).
 """
 
 from __future__ import annotations
