@@ -167,7 +167,7 @@ def stand_in_python(venv: Path, py312: str) -> Path:
         machine, lock = prep.read_pins(prep.MACHINE), prep.read_pins(prep.LOCK)
         heavy = ("torch", "triton", "nvidia-", "cuda-")
         pins = [f"{n}=={v}" for n, v in lock.items() if n in machine and not n.startswith(heavy)]
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *pins], check=True)
     return python
 
 

