@@ -136,7 +136,7 @@ def test_loops_score_lowest_on_coherence(scores: dict[str, dict]) -> None:
 
 def test_a_second_judge_reuses_the_cut_lm_and_the_fit(judge_cache: Path, scores: dict[str, dict]) -> None:
     saved = sorted(p.name.split("-")[0] for p in judge_cache.iterdir())
-    assert saved == ["ending", "lm", "lm", "style"]  # the LM whole and cut, two fitted models
+    assert saved == ["ending", "lm", "style"]  # one cut LM, two fitted models
     again = OfflineJudge(OfflineJudgeConfig(), read_corpus(ROOT / "data/genz_corpus.jsonl"), judge_cache)
     out = again.score([Item(INSTRUCTION, "", a, REFERENCE) for a in ANSWERS.values()])
     assert [o["genz_style"] for o in out] == pytest.approx(
