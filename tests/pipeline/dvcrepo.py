@@ -1,7 +1,9 @@
-"""A real git + DVC repo of the tiny pipeline, and the commands tests run in it."""
+"""A real git + DVC repo of the tiny pipeline, and the commands tests run in it (shared by the pipeline
+tests, the remote-storage tests and benchmarks/remote_transfer.py)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -46,3 +48,22 @@ def build_tiny_repo(repo: Path, tiny_model: Path) -> None:
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "repro")
 
+
+def pushed_objects(repo: Path, prefix: str = "genz-speak/") -> set[str]:
+    """The keys a complete `dvc push` leaves under `prefix` in a bucket (with prefix "", the paths under
+    .dvc/cache): every DVC-cached output dvc.lock names, and the files of each folder output (listed in
+    its .dir manifest in the cache)."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    cached: set[str] = set()
+    for stage in stages.values():
+        for item in [o for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])]:
+            path, opts = (item, None) if isinstance(item, str) else next(iter(item.items()))
+            if (opts or {}).get("cache", True):
+                cached.add(path)
+    hashes = []
+    for stage in yaml.safe_load((repo / "dvc.lock").read_text())["stages"].values():
+        hashes += [o["md5"] for o in stage.get("outs", []) if o["path"] in cached]
+    for h in [h for h in hashes if h.endswith(".dir")]:
+        manifest = json.loads((repo / ".dvc/cache/files/md5" / h[:2] / h[2:]).read_text())
+        hashes += [entry["md5"] for entry in manifest]
+    return {f"{prefix}files/md5/{h[:2]}/{h[2:]}" for h in hashes}
