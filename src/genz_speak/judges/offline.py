@@ -12,9 +12,9 @@ hand-written Gen Z corpus.
     product of relevance (MiniLM cosine with the reference or the question, scaled: off-topic text,
     refusals and spam are near neither), completeness (coverage of the reference as BERTScore recall over
     MiniLM token embeddings (Zhang et al., 2020), weighted COVERAGE_WEIGHT, so heavy slang or a short
-    answer is incomplete rather than wrong), facts (`judges/facts.py`: the share of the reference's
-    numbers and names kept, matched forgivingly, cut to 30% for each one replaced by a number or name
-    nothing supports; correct extra detail costs nothing) and 1 − the repeated word-trigram share;
+    answer is incomplete rather than wrong), facts (`judges/facts.py`: the reference's numbers and names
+    kept, matched forgivingly, a missing one lowering the score towards a quarter, each one replaced by a
+    number or name nothing supports cutting it to 30%; correct extra detail costs nothing) and 1 − the repeated word-trigram share;
   - open-ended tasks (creative writing, brainstorming: one valid answer among many): relevance to the
     question and the form it asks for (a haiku's three lines, the number of items or lines asked), not
     overlap with the one reference.
@@ -126,7 +126,7 @@ def coherence(text: str, cut_off: float) -> float:
     emoji_stream = 1.0 - 0.9 * min(1.0, extra_emoji / 0.3)
     list_like = any(ch in text for ch in ",:;\n") or any(ch.isdigit() for ch in text)
     no_sentences = n_words >= 6 and not list_like and T.function_word_ratio(text) < 0.12
-    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.7 * cut_off)
+    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.5 * cut_off)
 
 
 _COUNT_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}  # noqa: SIM905
