@@ -108,6 +108,7 @@ def _offline(
             "train_texts": style.train_texts,
             "test_texts": style.test_texts,
         },
+        "ending_model": {"heldout_accuracy": round(judge.ending.heldout_accuracy, 4)},
     }
 
 

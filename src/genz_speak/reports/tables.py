@@ -79,6 +79,11 @@ def _judge_notes(judge: str, m: dict[str, Any]) -> str:
             "Style model held-out accuracy on the corpus: "
             + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
             + f" ({m['style_model']['test_texts']} texts)."
+            + (
+                f" Ending model (cut-offs) held-out accuracy: {m['ending_model']['heldout_accuracy']:.3f}."
+                if "ending_model" in m
+                else ""
+            )
         )
     if judge == "llm" and "usage" in m:
         u = m["usage"]
