@@ -14,7 +14,8 @@ hand-written Gen Z corpus.
     MiniLM token embeddings (Zhang et al., 2020), weighted COVERAGE_WEIGHT, so heavy slang or a short
     answer is incomplete rather than wrong), facts (`judges/facts.py`: the reference's numbers and names
     kept, matched forgivingly, a missing one lowering the score towards a quarter, each one replaced by a
-    number or name nothing supports cutting it to 30%; correct extra detail costs nothing) and 1 − the repeated word-trigram share;
+    number or name nothing supports cutting it to 30%; correct extra detail costs nothing) and
+    1 − the repeated word-trigram share;
   - open-ended tasks (creative writing, brainstorming: one valid answer among many): relevance to the
     question and the form it asks for (a haiku's three lines, the number of items or lines asked), not
     overlap with the one reference.
