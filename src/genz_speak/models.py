@@ -196,9 +196,17 @@ def _load_base_tokenizer(name: str) -> PreTrainedTokenizerBase:
     tok = AutoTokenizer.from_pretrained(name)
     pre = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
     if isinstance(pre, pre_tokenizers.Metaspace) and pre.prepend_scheme == "first":
-        tok = AutoTokenizer.from_pretrained(name, legacy=True)
-        tok.init_kwargs["legacy"] = True  # else save_pretrained drops it and a reload is back to "first"
+        tok = keep_legacy(AutoTokenizer.from_pretrained(name, legacy=True))
         log.info("%s: SentencePiece tokenizer saved with legacy=true (as llama.cpp tokenizes)", name)
+    return tok
+
+
+def keep_legacy(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A SentencePiece Llama tokenizer loaded with `legacy: true` saves it again: transformers 5's
+    LlamaTokenizer keeps the flag out of what save_pretrained writes, so every stage that loads and saves
+    the tokenizer (train, merge) would silently turn it back to false."""
+    if getattr(tok, "legacy", None) is True:
+        tok.init_kwargs["legacy"] = True
     return tok
 
 
@@ -226,7 +234,7 @@ def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 def load_tokenizer(path: str | Path, padding_side: str = "right") -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    tok = ensure_pad_token(AutoTokenizer.from_pretrained(path))
+    tok = keep_legacy(ensure_pad_token(AutoTokenizer.from_pretrained(path)))
     tok.padding_side = padding_side
     return tok
 
