@@ -333,8 +333,9 @@ GgufFormat = Literal["f16", "q8_0"]
 
 @dataclass(config=_STRICT)
 class GgufToleranceConfig:
-    # Max |logit diff| of each GGUF, reloaded, against the merged folder. f16 stores a float16 merge exactly.
-    f16: Annotated[float, Field(gt=0.0)] = 0.01
+    # Max |logit diff| of each GGUF in llama.cpp against the merged folder in transformers. f16 stores a
+    # float16 merge exactly, but llama.cpp's f16 kernels round activations to 16 bits on the way.
+    f16: Annotated[float, Field(gt=0.0)] = 0.25
     q8_0: Annotated[float, Field(gt=0.0)] = 3.0
 
 

@@ -250,7 +250,7 @@ def test_sliding_window_attention_refuses_padding_free_batches(
 def test_own_template_required_of_a_base_model_names_the_key(
     families: dict[str, Path], tmp_path: Path
 ) -> None:
-    from genz_speak.models import materialize_base_model
+    from genz_speak.base_model import materialize_base_model
 
     with pytest.raises(InputError, match=r"^params.yaml: prepare.chat_template: own, but .* has no chat"):
         materialize_base_model(str(families["llama_spm"]), tmp_path / "base", "float32", "own")
@@ -268,7 +268,7 @@ def test_chatml_adds_tokens_whose_rows_train_and_merge(
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from genz_speak.models import materialize_base_model
+    from genz_speak.base_model import materialize_base_model
     from genz_speak.pipeline import export, merge, train
 
     base, adapter, merged = tmp_path / "base", tmp_path / "adapter", tmp_path / "merged"

@@ -143,16 +143,16 @@ def check_llama_cpp(
 
 
 def check_transformers(
-    path: Path, tokenizer: PreTrainedTokenizerBase, inputs: Any, reference_logits: Any
+    path: Path, tokenizer: PreTrainedTokenizerBase, config: Any, inputs: Any, reference_logits: Any
 ) -> dict[str, Any]:
     """The fallback without llama.cpp: the file reloaded through transformers, where that reader is
-    faithful (else no check, said in the result)."""
+    faithful to the merged model's `config` (else no check, said in the result). Decided on the merged
+    folder's config: the config transformers reads back from the file has already lost what it drops."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from genz_speak.models import load_gguf_tokenizer
 
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     if config.model_type not in _READ_FAITHFULLY or rope != "default":
         reason = f"transformers' GGUF reader does not read {config.model_type} ({rope} rope) faithfully"

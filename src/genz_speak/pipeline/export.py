@@ -78,7 +78,7 @@ def _write_ggufs(
         if verify.has_llama_cpp():
             check = verify.check_llama_cpp(path, tokenizer, chat, prompts, inputs, reference_logits)
         else:
-            check = verify.check_transformers(path, tokenizer, inputs, reference_logits)
+            check = verify.check_transformers(path, tokenizer, reference.config, inputs, reference_logits)
         formats[fmt] = result = _format(cfg, fmt, path, check)
         if result.get("max_logit_diff", 0.0) > result["tolerance"]:
             failures.append(

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genz_speak.base_model import materialize_base_model
 from genz_speak.config import PrepareConfig
 from genz_speak.data.dataset import SPLITS
 from genz_speak.data.questions import load_source, split_rows
 from genz_speak.io import SkipBudget, write_jsonl
-from genz_speak.models import materialize_base_model
 
 
 @dataclass(frozen=True)
