@@ -3,7 +3,8 @@
 # tools at the exact versions of requirements/cpu.lock (scripts/lock.sh rewrites it from pyproject.toml),
 # and the embedded student model. Safe to re-run.
 #   bash scripts/setup.sh          # for the pipeline (dvc repro)
-#   bash scripts/setup.sh tests    # and llama.cpp (llama-cpp-python), which the export checks GGUF files in
+#   bash scripts/setup.sh tests    # and llama.cpp (llama-cpp-python), which the export checks GGUF files in,
+#                                  # and the test-s3 extra (DVC's S3 remote, moto's S3 server): the remote tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,7 +20,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 EXTRAS=dev
-[ "${1:-}" = tests ] && EXTRAS=dev,llamacpp
+[ "${1:-}" = tests ] && EXTRAS=dev,llamacpp,test-s3
 # llama-cpp-python builds llama.cpp from source (about 15 CPU-minutes). A portable AVX2 build: a native one
 # picks AMX int8 kernels that this machine's CPU lists but its VM does not enable (q8_0: SIGILL).
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \

@@ -1,62 +1,19 @@
-"""The DVC pipeline for real: a git + DVC repo in a temp dir with the tiny config.
-
-The repo is built and reproduced once per session (a template) and copied into each test, as DVC's own
-test fixtures do.
-"""
+"""The DVC pipeline for real: a git + DVC repo in a temp dir with the tiny config (the `template` and
+`repo` fixtures of tests/pipeline/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_project, python_env, served, server_stats, tiny_params
+from tests.conftest import python_env, served, server_stats
+from tests.pipeline.dvcrepo import STAGES, ran, sh
 
 pytestmark = pytest.mark.slow
-STAGES = ["prepare", "generate", "train", "merge", "evaluate", "plot", "export"]
-
-
-def sh(cwd: Path, *cmd: str, timeout: int = 1200) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=python_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    repo = tmp_path_factory.mktemp("template") / "repo"
-    repo.mkdir()
-    copy_project(repo)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model), sort_keys=False))
-    (repo / ".gitignore").write_text("/.cache/\n__pycache__/\n")
-    sh(repo, "git", "init", "-q", "-b", "main")
-    sh(repo, "git", "config", "user.name", "test")
-    sh(repo, "git", "config", "user.email", "test@localhost")
-    sh(repo, "dvc", "init", "-q")
-    shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")  # the vega templates dvc.yaml's plots name
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "project")
-    out = sh(repo, "dvc", "repro")
-    assert ran(out) == STAGES
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "repro")
-    return repo
-
-
-@pytest.fixture
-def repo(template: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "repo"
-    shutil.copytree(template, dest, symlinks=True)
-    return dest
 
 
 def set_param(repo: Path, section: str, key: str, value: object) -> None:

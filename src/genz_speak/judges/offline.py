@@ -6,35 +6,41 @@ hand-written Gen Z corpus.
   rewrites; two views (an LM's hidden states, character n-grams) must both call the text Gen Z, so a
   plain body with a wrapper scores below a natural rewrite. It never sees a run's own outputs, so it is
   the same across experiments and teachers, and a model that copies a teacher's tics gains nothing.
-- **helpfulness**: does the answer address the question, carry the reference's content, and state the
-  reference's numbers and names rather than others? The product of
-  - relevance: MiniLM cosine of the answer with the reference or the question (off-topic text, refusals
-    and spam are near neither);
-  - coverage: how much of the reference's content the answer carries, as BERTScore recall (Zhang et
-    al., 2020) over MiniLM token embeddings, so a paraphrase in slang still covers it;
-  - facts (`judges/facts.py`): the share of the reference's numbers and names the answer states, halved
-    for each number it states that neither the reference nor the question does, and cut by 30% for each
-    such capitalised name;
-  - 1 − the answer's repeated word-trigram share (a loop says little however long it runs).
-  Embedding similarity alone cannot tell a right number from a wrong one; the fact check can, for
-  numbers and names. Claims flipped in words ("smallest" for "largest") it does not catch: the LLM judge
-  with the reference is the judge for those.
+- **helpfulness**, by task type (Dolly's category is in every row):
+  - closed tasks (questions with one right answer, extraction, classification, summaries): does the
+    answer address the question, carry the reference's content and keep its numbers and names? The
+    product of relevance (MiniLM cosine with the reference or the question, scaled: off-topic text,
+    refusals and spam are near neither), completeness (coverage of the reference as BERTScore recall over
+    MiniLM token embeddings (Zhang et al., 2020), weighted COVERAGE_WEIGHT, so heavy slang or a short
+    answer is incomplete rather than wrong), facts (`judges/facts.py`: the share of the reference's
+    numbers and names kept, matched forgivingly, cut to 30% for each one replaced by a number or name
+    nothing supports; correct extra detail costs nothing) and 1 − the repeated word-trigram share;
+  - open-ended tasks (creative writing, brainstorming: one valid answer among many): relevance to the
+    question and the form it asks for (a haiku's three lines, the number of items or lines asked), not
+    overlap with the one reference.
+  A claim flipped in the same words ("smallest" for "largest", an item under the other class) is not
+  caught: BENCHMARKS.md ("The offline judge") records what was tried for it and measured (rule-made
+  flips with a cross-attention head or a fine-tuned MiniLM cross-encoder, the LM's likelihood, the LM
+  asked as a verifier); none held on human-written flips. The LLM judge with the reference is the judge
+  for those.
 - **coherence**: structure, not register (slang, lowercase and emoji are not faults), as the product of
   - 1 − 1.5 × the repeated word-trigram share (loops);
   - a penalty for emoji beyond the first, by their share of the tokens (emoji streams, tacked-on strings);
   - a penalty for a text of several words with almost no function words and no list structure (slang
     piled up without sentences);
-  - a penalty for an answer that stops on a word no English sentence ends on ("the", "of", "and", "has")
-    or on a comma (cut off mid-sentence).
+  - a penalty for an answer cut off mid-thought, by the ending model (`judges/ending.py`): the judge LM's
+    reading of how the text ends, fitted on the corpus's own texts against their random cuts, not a word
+    list.
   Perplexity is not used: it punishes slang and rewards loops.
 
-Every constant above was set once from what the rubric asks (not fitted to labels); `genz-speak
-judge-check` measures the result against the labelled calibration set.
+The constants were set from what the rubric asks and checked on the calibration set's dev part; its
+untouched part was kept out of every choice. `genz-speak judge-check` measures the result on both.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +51,12 @@ from genz_speak import text as T
 from genz_speak.config import OfflineJudgeConfig
 from genz_speak.judges.facts import check_facts
 
-log = logging.getLogger(__name__)
+OPEN_CATEGORIES = frozenset({"creative_writing", "brainstorming"})  # one reference among many right answers
+# Coverage of the reference counts for this much of helpfulness on closed tasks; relevance and the fact
+# check carry the rest, so a correct answer in heavy slang or a short one is not scored like a wrong one.
+COVERAGE_WEIGHT = 0.7
 
-# Words an English sentence does not end on: an answer stopping on one was cut off.
-_DANGLING = """
-    the a an of to in on at by for with from into onto about than as and or but nor because although
-    though if while my your his her their our its is are was were be been being has have had will would
-    can could should shall may might must very more most such
-"""
-DANGLING = frozenset(_DANGLING.split())
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Item:
     context: str
     answer: str
     reference: str
+    category: str = ""  # Dolly's; open-ended categories are judged by the task, not one reference
 
 
 class Encoder:
@@ -113,19 +117,59 @@ def repetition(text: str) -> float:
     return T.repeated_ngram_share(text, 3)
 
 
-def coherence(text: str) -> float:
+def coherence(text: str, cut_off: float) -> float:
+    """Structure, not register: loops, runs of emoji, slang without sentences, and `cut_off`, the ending
+    model's probability that the text stops mid-thought."""
     n_words, n_emoji = len(T.words(text)), T.emoji_count(text)
     loops = 1.0 - min(1.0, 1.5 * repetition(text))
     extra_emoji = max(n_emoji - 1, 0) / max(n_words + n_emoji, 1)
     emoji_stream = 1.0 - 0.9 * min(1.0, extra_emoji / 0.3)
     list_like = any(ch in text for ch in ",:;\n") or any(ch.isdigit() for ch in text)
     no_sentences = n_words >= 6 and not list_like and T.function_word_ratio(text) < 0.12
-    stripped = text.rstrip()
-    last = (T.words(stripped) or [""])[-1].lower()
-    cut_off = stripped.endswith((",", ":", ";", "-", "–", "(")) or (
-        stripped[-1:].isalnum() and last in DANGLING
-    )
-    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.6 * cut_off)
+    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.7 * cut_off)
+
+
+_COUNT_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}  # noqa: SIM905
+_ASKED = re.compile(
+    r"\b(\d+|"
+    + "|".join(_COUNT_WORDS)
+    + r")\s+(?:\w+\s+)?(lines?|items?|ideas?|ways?|tips?|things?|examples?|"
+    r"names?|reasons?|words?|sentences?|steps?|questions?|options?|activities|places|foods?|books?|songs?)\b",
+    re.IGNORECASE,
+)
+
+
+def _units(text: str, unit: str) -> int:
+    """How many lines, sentences, words or list items a text has."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if unit.startswith("line"):
+        return len(lines)
+    if unit.startswith("sentence"):
+        return len([s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()])
+    if unit.startswith("word"):
+        return len(T.words(text))
+    if len(lines) > 1:
+        return len(lines)
+    return len([p for p in re.split(r",|;|\band\b|\bor\b", text) if p.strip()])
+
+
+def form_fit(instruction: str, answer: str) -> float:
+    """Whether the answer has the form the task asks for: a haiku's three lines, the number of lines,
+    items or sentences asked for (within one), a list's several items; 1 where nothing is asked."""
+    asked = _ASKED.search(instruction)
+    if asked is not None:
+        n = int(asked.group(1)) if asked.group(1).isdigit() else _COUNT_WORDS[asked.group(1).lower()]
+        got = _units(answer, asked.group(2).lower())
+        return 1.0 if abs(got - n) <= max(1, n // 4) else 0.6
+    if re.search(r"\bhaiku\b", instruction, re.I):
+        return 1.0 if _units(answer, "lines") == 3 or answer.count("/") == 2 else 0.6
+    if re.search(r"\blist\b", instruction, re.I):
+        return 1.0 if _units(answer, "items") >= 2 else 0.6
+    return 1.0
+
+
+def _scale(x: np.ndarray | float, low: float, high: float) -> np.ndarray:
+    return np.clip((np.asarray(x) - low) / (high - low), 0.0, 1.0)
 
 
 class OfflineJudge:
@@ -136,47 +180,55 @@ class OfflineJudge:
         cache_dir: Path,
         exclude: frozenset[str] = frozenset(),
     ):
-        """`cache_dir` keeps the judge's cut LM and its fitted style model between runs."""
+        """`cache_dir` keeps the judge's cut LM and its fitted models between runs; `exclude` are the
+        questions being judged, which no fit sees."""
+        from genz_speak.judges.ending import EndingModel
         from genz_speak.judges.style import LayerFeatures, StyleModel
 
         self.cfg = cfg
         self.encoder = Encoder(cfg.encoder)
         features = LayerFeatures.load(cfg.lm, cfg.lm_layers, cache_dir)
         self.style = StyleModel.fitted(corpus, features, exclude, cache_dir, cfg.lm)
+        self.ending = EndingModel.fitted(corpus, features, exclude, cache_dir, cfg.lm)
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
         """Per item: the three criteria in [0, 1], and the parts they are made of (for inspection). An
         empty answer scores 0 on all three."""
         answers = [it.answer if it.answer.strip() else "" for it in items]
         style = self.style.score(answers)
+        cut = self.ending.cut_off(answers)
         ans = self.encoder.sentences(answers)
         ref = self.encoder.sentences([it.reference for it in items])
-        instr = self.encoder.sentences([it.instruction for it in items])
-        relevance = np.clip((np.maximum((ans * ref).sum(1), (ans * instr).sum(1)) - 0.25) / 0.35, 0.0, 1.0)
+        asked = self.encoder.sentences([f"{it.instruction}\n{it.context}".strip() for it in items])
+        to_question = _scale((ans * asked).sum(1), 0.15, 0.55)
+        relevance = _scale(np.maximum((ans * ref).sum(1), (ans * asked).sum(1)), 0.25, 0.6)
         ans_tokens = self.encoder.content_tokens(answers)
         ref_tokens = self.encoder.content_tokens([it.reference for it in items])
         out = []
         for i, it in enumerate(items):
             facts = check_facts(it.answer, it.reference, it.instruction, it.context)
-            kept = [v for v in (facts.numbers_kept, facts.names_kept) if v is not None]
-            fact_score = (
-                (float(np.mean(kept)) if kept else 1.0)
-                * 0.5**facts.numbers_unsupported
-                * 0.7**facts.names_unsupported
-            )
-            cov = float(np.clip((coverage(ans_tokens[i], ref_tokens[i]) - 0.3) / 0.5, 0.0, 1.0))
+            cov = float(_scale(coverage(ans_tokens[i], ref_tokens[i]), 0.3, 0.8))
             rep = repetition(it.answer)
+            if it.category in OPEN_CATEGORIES:
+                # One right answer among many: judged by the task (on topic, in the form asked), not by
+                # its overlap with the reference.
+                helpful = float(to_question[i]) * form_fit(it.instruction, it.answer) * (1.0 - rep)
+            else:
+                complete = 1.0 - COVERAGE_WEIGHT * (1.0 - cov)
+                helpful = float(relevance[i]) * complete * facts.score * (1.0 - rep)
             empty = not answers[i]
             out.append(
                 {
                     "genz_style": 0.0 if empty else float(style[i]),
-                    "helpfulness": 0.0 if empty else float(relevance[i]) * cov * fact_score * (1.0 - rep),
-                    "coherence": 0.0 if empty else coherence(it.answer),
+                    "helpfulness": 0.0 if empty else helpful,
+                    "coherence": 0.0 if empty else coherence(it.answer, float(cut[i])),
                     "parts": {
                         "relevance": round(float(relevance[i]), 4),
+                        "to_question": round(float(to_question[i]), 4),
                         "coverage": round(cov, 4),
-                        "facts": round(fact_score, 4),
+                        "facts": round(facts.score, 4),
                         "repetition": round(rep, 4),
+                        "cut_off": round(float(cut[i]), 4),
                     },
                 }
             )

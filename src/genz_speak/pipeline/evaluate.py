@@ -97,7 +97,7 @@ def _offline(
     from genz_speak.judges.offline import Item, OfflineJudge
 
     judge = OfflineJudge(cfg.offline, corpus, paths.offline_cache, exclude=exclude)
-    items = [Item(r["instruction"], r["context"], r["text"], r["reference"]) for r in records]
+    items = [Item(r["instruction"], r["context"], r["text"], r["reference"], r["category"]) for r in records]
     for rec, s in zip(records, judge.score(items), strict=True):
         rec["offline"] = s
     style = judge.style
