@@ -53,6 +53,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny.llama(tmp_path_factory.mktemp("tiny-model"), tiny.student_tokenizer())
 
 
+@pytest.fixture(scope="session")
+def families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The five tiny student families (`genz_speak.testing.tiny.FAMILIES`), built once: a few seconds."""
+    root = tmp_path_factory.mktemp("families")
+    return {name: tiny.family(name, root / name) for name in tiny.FAMILIES}
+
+
 def tiny_params(tiny_model: Path) -> dict[str, Any]:
     """params.yaml with every stage shrunk to seconds on the tiny model."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

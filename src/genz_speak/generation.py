@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genz_speak.config import Dtype
-from genz_speak.data.chat import user_message
+from genz_speak.data.chat import render, user_message
 from genz_speak.io import AppendLog, read_jsonl_tolerant
 from genz_speak.models import device, inference_dtype, load_causal_lm, load_tokenizer, model_fingerprint
 
@@ -53,12 +53,7 @@ class ChatGenerator:
         results: dict[int, Completion] = {}
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            prompts = [
-                self.tokenizer.apply_chat_template(
-                    conversations[i], tokenize=False, add_generation_prompt=True
-                )
-                for i in idx
-            ]
+            prompts = [render(self.tokenizer, conversations[i]) for i in idx]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
                 device()
             )

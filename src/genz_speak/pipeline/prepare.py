@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genz_speak.base_model import materialize_base_model
 from genz_speak.config import PrepareConfig
 from genz_speak.data.dataset import SPLITS
 from genz_speak.data.questions import load_source, split_rows
 from genz_speak.io import SkipBudget, write_jsonl
-from genz_speak.models import materialize_base_model
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ def run(cfg: PrepareConfig, paths: Paths) -> dict[str, Any]:
     split = split_rows(load_source(cfg, budget), cfg)
     for name in SPLITS:
         write_jsonl(paths.data_dir / f"{name}.jsonl", getattr(split, name))
-    model_info = materialize_base_model(cfg.base_model, paths.model_dir, cfg.base_dtype)
+    model_info = materialize_base_model(cfg.base_model, paths.model_dir, cfg.base_dtype, cfg.chat_template)
     return {
         "rows": {name: len(getattr(split, name)) for name in SPLITS},
         "dropped": {**split.dropped, "bad": len(budget.skipped)},

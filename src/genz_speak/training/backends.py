@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from genz_speak import chat_templates
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError
 from genz_speak.training import attention, distributed
@@ -85,14 +86,29 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     tok = load_tokenizer(base)
-    return Prepared(
-        model, tok, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(cfg, model.config.num_hidden_layers))
-    )
+    lora = lora_kwargs(cfg, model.config.num_hidden_layers) | new_token_rows(base, model)
+    return Prepared(model, tok, LoraConfig(task_type="CAUSAL_LM", **lora))
+
+
+def new_token_rows(base: Path, model: Any) -> dict[str, Any]:
+    """peft's `trainable_token_indices` for the token rows prepare added (prepare.chat_template: chatml):
+    their embeddings start untrained, so training updates them (and only them) beside the LoRA weights;
+    an untied lm_head has its own rows to train. Nothing for any other template."""
+    ids = chat_templates.new_token_ids(base)
+    if not ids:
+        return {}
+    tied = model.get_output_embeddings() is None or getattr(model.config, "tie_word_embeddings", False)
+    return {"trainable_token_indices": {"embed_tokens": ids} | ({} if tied else {"lm_head": ids})}
 
 
 def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
+    if chat_templates.new_token_ids(base):
+        raise InputError(
+            "params.yaml: prepare.chat_template: chatml adds token rows that train.backend: unsloth does not "
+            "train here; use train.backend: transformers, or prepare.chat_template: plain"
+        )
     # Unsloth patches transformers/trl at import: it must come before them (sft.py imports trl later).
-    from genz_speak.models import ensure_pad_token
+    from genz_speak.models import ensure_pad_token, keep_legacy
 
     # Under a data-parallel launch its loader places each process's copy on that process's GPU (LOCAL_RANK).
     attention.allow_unsloth_torch_varlen()  # before the import, which decides its packed-row kernel
@@ -111,7 +127,7 @@ def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
         random_state=cfg.seed,
         **lora_kwargs(cfg, model.config.num_hidden_layers),
     )
-    return Prepared(model, ensure_pad_token(tok), None)
+    return Prepared(model, keep_legacy(ensure_pad_token(tok)), None)
 
 
 def load(backend: Backend, base: Path, cfg: TrainConfig) -> Prepared:

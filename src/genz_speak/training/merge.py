@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +65,15 @@ def save_merged(
         # Unsloth reloads the base in 16-bit itself, never merging into 4-bit.
         model, tok = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False, dtype=dtype)
         model.save_pretrained_merged(str(out), tok, save_method="merged_16bit")
-        return
+    else:
+        _save_with_peft(base_dir, adapter_dir, out, dtype, tokenizer)
+    spm = base_dir / "tokenizer.model"
+    if spm.is_file() and not (out / "tokenizer.model").exists():
+        # transformers 5 does not write a SentencePiece tokenizer.model; llama.cpp's converter reads it.
+        shutil.copyfile(spm, out / "tokenizer.model")
+
+
+def _save_with_peft(base_dir: Path, adapter_dir: Path, out: Path, dtype: Any, tokenizer: Any) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
