@@ -11,6 +11,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import tempfile
+
+# The shared caches (`io.cache_root`: rewrites, verdicts, answers, the offline judge's models) of a test
+# session live in a temporary folder, never in ~/.cache; each test gets its own (`own_cache` below), so no
+# test reuses another's rewrites or verdicts. Session- and module-scoped fixtures share this one.
+os.environ["GENZ_SPEAK_CACHE"] = tempfile.mkdtemp(prefix="genz-speak-cache-")
+
 import copy
 import importlib.util
 import shlex
@@ -47,6 +54,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's shared-cache folder ($GENZ_SPEAK_CACHE; stage subprocesses inherit it)."""
+    cache = tmp_path / "genz-speak-cache"
+    monkeypatch.setenv("GENZ_SPEAK_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 Llama with random weights and SmolLM2's tokenizer and chat template."""
@@ -71,11 +86,14 @@ def tiny_params_dict(tiny_model: Path) -> dict[str, Any]:
     return tiny_params(tiny_model)
 
 
-def python_env() -> dict[str, str]:
-    """Environment for subprocesses: this interpreter's bin first on PATH (dvc.yaml runs `python`)."""
+def python_env(cache: Path | None = None) -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first on PATH (dvc.yaml runs `python`); the
+    shared cache is this test's, or `cache`."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
+    if cache is not None:
+        env["GENZ_SPEAK_CACHE"] = str(cache)
     return env
 
 

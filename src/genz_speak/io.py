@@ -1,13 +1,18 @@
-"""File I/O shared by the stages: JSONL with line-numbered errors, atomic writes, append-and-flush logs."""
+"""File I/O shared by the stages: JSONL with line-numbered errors, atomic writes, append-and-flush logs,
+text sanitised where it enters, and the shared cache folder."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +36,49 @@ class SkipBudget:
 
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real row; a larger line is a corrupt or wrong file
+BOM = b"\xef\xbb\xbf"
+
+# Lone UTF-16 surrogates (a JSON "\\ud83d" escape: an emoji cut in half) cannot be encoded as UTF-8, so the
+# first write of such a string fails; NUL and the other control characters (but tab and newlines) are no
+# part of any text a person or a model means, and break terminals, tokenizers and some JSON readers.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """`text` safe to hash, write and show: lone surrogates become U+FFFD, control characters other than
+    tab, newline and carriage return are dropped."""
+    return _CONTROL.sub("", _SURROGATE.sub("\ufffd", text))
+
+
+def clean(value: Any) -> Any:
+    """`clean_text` applied to every string in a JSON value (keys included)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+class _DuplicateField(ValueError):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a field given twice in one object is an error (json keeps the last silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateField(key)
+        obj[key] = value
+    return obj
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads that refuses a field given twice in one object (_DuplicateField) and cleans every string."""
+    return clean(json.loads(text, object_pairs_hook=_unique_object))
 
 
 def read_jsonl(
@@ -55,6 +103,8 @@ def read_jsonl(
     seen: dict[Any, int] = {}
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(BOM)  # editors on Windows write one; it is no part of the data
             try:
                 row = _parse_line(path, lineno, raw)
                 if row is not None and check is not None:
@@ -94,12 +144,22 @@ def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
     if not line.strip():
         return None
     try:
-        row = json.loads(line)
+        row = loads(line)
+    except _DuplicateField as err:
+        raise InputError(f"{path}:{lineno}: field {err.args[0]!r} given twice in one row") from None
     except json.JSONDecodeError as err:
+        if lineno == 1 and line.lstrip().startswith("["):
+            raise InputError(_ARRAY.format(path=path)) from None
         raise InputError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
+    if isinstance(row, list) and lineno == 1:
+        raise InputError(_ARRAY.format(path=path))
     if not isinstance(row, dict):
         raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
     return row
+
+
+# A file that opens with "[" is a JSON array (one line or pretty-printed), the commonest wrong format.
+_ARRAY = "{path}: expected JSONL (one object per line), got a JSON array; write one object per line"
 
 
 def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
@@ -110,7 +170,7 @@ def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
     lines = path.read_bytes().splitlines(keepends=True)
     for lineno, line in enumerate(lines, start=1):
         try:
-            yield json.loads(line.decode("utf-8"))
+            yield clean(json.loads(line.decode("utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError):
             if lineno == len(lines) and not line.endswith(b"\n"):  # the write a kill interrupted
                 return
@@ -145,9 +205,9 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder `tmp` into place as `out`, replacing it; its files first get the mode a
-    new file gets here (some writers, safetensors among them, create theirs 0600)."""
+def _give_new_file_mode(tmp: Path) -> None:
+    """Give every file under `tmp` the mode a new file gets here (some writers, safetensors among them,
+    create theirs 0600, unreadable to a team sharing a checkout, a cache or a remote)."""
     fd, probe = _create_temporary(tmp / "mode")
     os.close(fd)
     mode = stat.S_IMODE(os.stat(probe).st_mode)
@@ -155,15 +215,69 @@ def replace_dir(tmp: Path, out: Path) -> None:
     for p in tmp.rglob("*"):
         if p.is_file() and not p.is_symlink():
             p.chmod(mode)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` into place as `out`. The previous `out` is deleted only once the new
+    one is in place: renamed aside, then removed (renamed back if the new one cannot move in). A mount
+    point cannot be renamed or removed, so there the contents are replaced inside it (`_replace_inside`)."""
+    _give_new_file_mode(tmp)
+    if out.is_dir() and os.path.ismount(out):
+        _replace_inside(tmp, out)
+        return
+    if not out.exists() and not out.is_symlink():
+        os.replace(tmp, out)
+        return
+    # Hidden and *.tmp: ignored by git and DVC, should a kill leave it behind.
+    old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old.tmp")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_inside(tmp: Path, mount: Path) -> None:
+    """The previous entries of `mount` go into a hidden folder inside it (a rename on its own filesystem),
+    the new ones are copied in, then the old ones are deleted; any failure (a full disk, say) removes what
+    was copied and puts the old entries back."""
+    aside = mount / f".old-{secrets.token_hex(4)}.tmp"
+    aside.mkdir()
+    moved: list[str] = []
+    try:
+        for entry in list(mount.iterdir()):
+            if entry != aside and entry.name != "lost+found":  # the filesystem's own, not an output
+                os.replace(entry, aside / entry.name)
+                moved.append(entry.name)
+        for entry in list(tmp.iterdir()):
+            shutil.move(str(entry), str(mount / entry.name))  # copies across filesystems
+    except BaseException:
+        for entry in list(mount.iterdir()):
+            if entry != aside and entry.name != "lost+found" and entry.name not in moved:
+                _remove(entry)
+        for name in moved:
+            if not (mount / name).exists():
+                os.replace(aside / name, mount / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """A fresh temporary folder beside `out` for the block to write into: moved into place as `out` when
     the block succeeds, removed when it fails (so `out` only ever holds a complete output)."""
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(out.name + ".tmp")  # *.tmp: git- and dvc-ignored, should a kill leave it
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -178,48 +292,89 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_open(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(clean(row), ensure_ascii=False) + "\n")
             n += 1
     return n
 
 
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_open(path) as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, sort_keys=True)
+        json.dump(clean(data), f, indent=2, ensure_ascii=False, sort_keys=True)
         f.write("\n")
 
 
 class AppendLog:
-    """An append-only JSONL file flushed after every record, so a killed run loses at most one line."""
+    """An append-only JSONL file that several processes (parallel experiments sharing a cache) and threads
+    may write at once. Each record is one os.write on an O_APPEND descriptor under an exclusive flock, so
+    records never interleave; a torn last line that a killed writer left is cut off, under the same lock,
+    before the next record goes in. `sync` records are fsynced (a power cut loses at most the last one);
+    the others reach the kernel, which is enough to survive the process being killed."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair(path)
         self.path = path
-        self._f = path.open("a", encoding="utf-8")
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        self._threads = threading.Lock()  # flock orders processes; threads of one process share the fd
+        with self._locked():
+            self._repair()
 
-    @staticmethod
-    def _repair(path: Path) -> None:
-        # Drop a torn last line left by a kill, so that new records start on a line of their own.
-        if not path.is_file() or path.stat().st_size == 0:
-            return
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._threads:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+    def _repair(self) -> int:
+        """Cut a torn last line (a kill mid-write); the file's size after."""
+        info = os.fstat(self._fd)
+        size = info.st_size
+        if not stat.S_ISREG(info.st_mode) or size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+            return size
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            chunk = os.pread(self._fd, end - start, start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                os.ftruncate(self._fd, start + cut + 1)
+                return start + cut + 1
+            end = start
+        os.ftruncate(self._fd, 0)
+        return 0
+
+    def write(self, record: dict[str, Any], sync: bool = True) -> None:
+        data = (json.dumps(clean(record), ensure_ascii=False) + "\n").encode("utf-8")
+        with self._locked():
+            size = self._repair()
+            written = os.write(self._fd, data)
+            if written != len(data):  # the disk filled mid-record: leave no torn line for others
+                os.ftruncate(self._fd, size)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            if sync:
+                os.fsync(self._fd)
 
     def close(self) -> None:
-        self._f.close()
+        os.close(self._fd)
 
     def __enter__(self) -> AppendLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cache_root() -> Path:
+    """The caches every checkout and experiment share (teacher rewrites, judge verdicts, answers, the
+    offline judge's models), content-addressed so that any of them may reuse any record: $GENZ_SPEAK_CACHE,
+    else $XDG_CACHE_HOME/genz-speak, else ~/.cache/genz-speak (as datasets and huggingface_hub keep theirs).
+    Outside the workspace, so `dvc exp run --queue`'s temporary workspaces use and fill it too."""
+    override = os.environ.get("GENZ_SPEAK_CACHE")
+    if override:
+        return Path(override).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genz-speak"
 
 
 def free_port() -> int:

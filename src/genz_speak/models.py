@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genz_speak.config import EMBEDDED_ENCODER, EMBEDDED_STUDENT, Dtype
-from genz_speak.errors import InputError
+from genz_speak.errors import ParamError
 from genz_speak.io import atomic_dir
 
 if TYPE_CHECKING:
@@ -146,11 +146,11 @@ def load_embedded_student(dtype: Dtype) -> tuple[PreTrainedModel, PreTrainedToke
     return model, tok
 
 
-def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, str]:
-    """Write the base model as a plain transformers folder (safetensors + tokenizer + chat template).
-
-    `name` is the embedded student, a local folder, or a hub id (needs a network).
-    """
+def load_base_model(
+    name: str, dtype: Dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, str]]:
+    """The base model and its tokenizer, checked (a chat template is required), and what to report about
+    it. `name` is the embedded student, a local folder, or a hub id (needs a network)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == EMBEDDED_STUDENT:
@@ -162,20 +162,51 @@ def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, 
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype))
         origin = name
     if tok.chat_template is None:
-        raise InputError(
-            f"params.yaml: prepare.base_model: {name} has no chat template; pick an instruct/chat model"
-        )
+        raise ParamError("prepare.base_model", f"{name} has no chat template; pick an instruct/chat model")
     ensure_pad_token(tok)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
-    return {
+    info = {
         "origin": origin,
         "architecture": type(model).__name__,
         "parameters": str(n_params),
         "dtype": dtype,
     }
+    return model, tok, info
+
+
+def save_base_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Write the base model as a plain transformers folder (safetensors + tokenizer + chat template)."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        save_tokenizer(tok, tmp)
+
+
+# Keys transformers records in tokenizer_config.json about how the tokenizer was loaded (HF_HUB_OFFLINE,
+# a local path or a hub id, a cache folder), not what it is: left in, identical weights and tokenizers
+# would hash differently from one machine or shell to the next, and DVC would rerun everything downstream.
+ENVIRONMENT_KEYS = frozenset(
+    {"local_files_only", "is_local", "cache_dir", "token", "use_auth_token", "force_download", "proxies",
+     "resume_download", "_commit_hash", "subfolder"}
+)  # fmt: skip
+
+
+def strip_environment(folder: Path) -> None:
+    """Drop ENVIRONMENT_KEYS from a saved tokenizer_config.json (written as transformers writes it)."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    kept = {k: v for k, v in config.items() if k not in ENVIRONMENT_KEYS}
+    if kept != config:
+        path.write_text(
+            json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+
+
+def save_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Save a tokenizer with nothing in it that depends on the environment it was loaded in."""
+    tok.save_pretrained(folder)
+    strip_environment(folder)
 
 
 def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -25,8 +25,8 @@ def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:
 
 def test_read_jsonl_rejects_non_objects(tmp_path: Path) -> None:
     p = tmp_path / "rows.jsonl"
-    p.write_text("[1, 2]\n")
-    with pytest.raises(ValueError, match=r"rows.jsonl:1: expected a JSON object"):
+    p.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: expected a JSON object"):
         read_jsonl(p)
 
 

@@ -98,15 +98,17 @@ def test_too_many_failed_judgements_fail_the_stage() -> None:
         check_judgements(lenient, 80, 80, ["boom"] * 80)
 
 
-def test_a_wrong_key_is_refused_and_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {**python_env(), "GENZ_SERVER_KEY": "sk-right"}
+def test_a_wrong_key_is_refused_before_any_judgement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-flight GET /models meets the refused key: one line naming the variable, no judgement sent
+    (issue 23, point 7), and the key itself in no message."""
+    env = {**python_env(), "GENZ_SERVER_KEY": "sk-right-0123456789"}
     with served("judge", "--api-key-env", "GENZ_SERVER_KEY", env=env) as url:
-        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-wrong")
-        judge = LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl")
-        out = judge.judge(ITEMS[:2])
-        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-right")
+        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-wrong-0123456789")
+        with pytest.raises(StageFailed, match=r"evaluate.llm.base_url: .* refused the key in \$GENZ_JUDGE_KEY") as err:
+            LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl")
+        monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-right-0123456789")
         right = LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl").judge(ITEMS[:2])
         stats = server_stats(url)
-    assert all("AuthenticationError 401" in (j.error or "") for j in out)
+    assert "sk-wrong" not in str(err.value)
     assert [j.error for j in right] == [None, None]
-    assert stats == {"requests": 2, "unauthorized": 2, "answered": 2}
+    assert stats == {"requests": 2, "unauthorized": 1, "answered": 2}

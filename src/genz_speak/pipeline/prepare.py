@@ -10,7 +10,7 @@ from genz_speak.config import PrepareConfig
 from genz_speak.data.dataset import SPLITS
 from genz_speak.data.questions import load_source, split_rows
 from genz_speak.io import SkipBudget, write_jsonl
-from genz_speak.models import materialize_base_model
+from genz_speak.models import load_base_model, save_base_model
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,14 @@ class Paths:
 
 
 def run(cfg: PrepareConfig, paths: Paths) -> dict[str, Any]:
-    """Split the source and write the base model; row counts, drops and the base model are the metrics."""
+    """Split the source and write the base model; row counts, drops and the base model are the metrics.
+    Everything is checked (the rows, the base model and its chat template) before anything is written."""
     budget = SkipBudget(cfg.max_bad_rows)
     split = split_rows(load_source(cfg, budget), cfg)
+    model, tokenizer, model_info = load_base_model(cfg.base_model, cfg.base_dtype)
     for name in SPLITS:
         write_jsonl(paths.data_dir / f"{name}.jsonl", getattr(split, name))
-    model_info = materialize_base_model(cfg.base_model, paths.model_dir, cfg.base_dtype)
+    save_base_model(model, tokenizer, paths.model_dir)
     return {
         "rows": {name: len(getattr(split, name)) for name in SPLITS},
         "dropped": {**split.dropped, "bad": len(budget.skipped)},
