@@ -104,7 +104,8 @@ def test_a_wrong_key_is_refused_before_any_judgement(tmp_path: Path, monkeypatch
     env = {**python_env(), "GENZ_SERVER_KEY": "sk-right-0123456789"}
     with served("judge", "--api-key-env", "GENZ_SERVER_KEY", env=env) as url:
         monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-wrong-0123456789")
-        with pytest.raises(StageFailed, match=r"evaluate.llm.base_url: .* refused the key in \$GENZ_JUDGE_KEY") as err:
+        refused = r"evaluate.llm.base_url: .* refused the key in \$GENZ_JUDGE_KEY"
+        with pytest.raises(StageFailed, match=refused) as err:
             LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl")
         monkeypatch.setenv("GENZ_JUDGE_KEY", "sk-right-0123456789")
         right = LLMJudge(judge_cfg(url, api_key_env="GENZ_JUDGE_KEY"), tmp_path / "j.jsonl").judge(ITEMS[:2])
