@@ -148,10 +148,14 @@ def served(model: str | Path, *options: str, env: dict[str, str] | None = None) 
         proc.wait(timeout=30)
 
 
-# The name metrics give each `genz-speak serve --faults` kind once the client has seen it.
+# The name metrics give each `genz-speak serve --faults` kind the clients retry, once they have seen it
+# (tests/stages/test_fault_matrix.py plays the other kinds: replies a teacher rejects or cleans, refusals).
 FAULT_LABELS = {
     "429": "HTTP 429",
     "429-bare": "HTTP 429",
+    "429-negative": "HTTP 429",  # Retry-After: -1, nan or an HTTP date
+    "429-nan": "HTTP 429",
+    "429-date": "HTTP 429",
     "500": "HTTP 500",
     "502": "HTTP 502",
     "503": "HTTP 503",
@@ -165,6 +169,10 @@ FAULT_LABELS = {
     "prose": "BadVerdict",  # the judge's; a teacher takes prose as a rewrite
     "badkeys": "BadVerdict",
     "badrange": "BadVerdict",
+    "length": "BadVerdict",  # a verdict cut off; a teacher rejects a cut-off reply instead
+    "jsonblob": "BadVerdict",
+    "unrelated": "BadVerdict",
+    "extrakeys": "BadVerdict",
 }
 TEACHER_FAULTS = [k for k in FAULT_LABELS if FAULT_LABELS[k] != "BadVerdict"]
 

@@ -221,8 +221,8 @@ class EarlyStop:
     a dead model name, a wrong path, a server failing every request. Without it, every row would take its
     whole retry budget (hours for a large dataset) to end in the same failure."""
 
-    def __init__(self, window: int, where: str):
-        self.window, self.where = window, where
+    def __init__(self, window: int, where: str, noun: str = "rows"):
+        self.window, self.where, self.noun = window, where, noun
         self.errors: list[str] = []
         self.decided = False  # a success, or a mix of errors: the run goes on
         self._lock = threading.Lock()
@@ -241,6 +241,6 @@ class EarlyStop:
             elif len(self.errors) >= self.window:
                 self.decided = True
                 raise StageFailed(
-                    f"{self.where}: the first {len(self.errors)} requests all failed after their retries "
+                    f"{self.where}: the first {len(self.errors)} {self.noun} all failed after their retries "
                     f"with the same error, and none succeeded; stopping: {error}"
                 )

@@ -26,7 +26,7 @@ import openai
 
 from genz_speak.config import LLMJudgeConfig
 from genz_speak.endpoints import EarlyStop, EndpointPool
-from genz_speak.io import AppendLog, read_jsonl_tolerant
+from genz_speak.io import AppendLog, loads, read_jsonl_tolerant
 from genz_speak.judges import CRITERIA
 from genz_speak.llm_client import (
     MalformedReply,
@@ -73,9 +73,11 @@ def parse_verdict(text: str) -> dict[str, Any]:
     if body.startswith("```"):
         body = body.strip("`").removeprefix("json").strip()
     try:
-        data = json.loads(body)
+        data = loads(body)  # JSON escapes decoded (a lone "\\ud83d" among them), then cleaned
     except json.JSONDecodeError as err:
         raise BadVerdict(f"verdict is not JSON: {body[:80]!r}") from err
+    except ValueError as err:  # a key given twice
+        raise BadVerdict(f"verdict gives a key twice: {err}") from err
     if not isinstance(data, dict):
         raise BadVerdict("verdict is not a JSON object")
     extra = sorted(set(data) - VERDICT_KEYS)
@@ -247,7 +249,7 @@ class LLMJudge:
                     cache[rec["key"]] = rec
         todo = list({k: r for k, r in zip(keys, requests, strict=True) if k not in cache}.items())
         errors: dict[str, str] = {}
-        early = EarlyStop(max(8, 2 * self.cfg.concurrency), f"evaluate: judge {self.cfg.model}")
+        early = EarlyStop(max(8, 2 * self.cfg.concurrency), f"evaluate: judge {self.cfg.model}", "judgements")
         with AppendLog(self.cache_path) as log_file:
 
             def work(kv: tuple[str, dict[str, Any]]) -> None:

@@ -218,7 +218,12 @@ def run(cfg: TrainConfig, paths: Paths) -> dict[str, Any] | None:
         raise SystemExit(distributed.relaunch(processes))
     if processes == 1:
         distributed.use_one_gpu()
-    fitted = _fit(cfg, rows, paths, processes)
+    try:
+        fitted = _fit(cfg, rows, paths, processes)
+    except BaseException:
+        if not cfg.resume:  # with train.resume, a rerun continues these curves from the checkpoints
+            shutil.rmtree(live_tmp(paths.live_dir), ignore_errors=True)
+        raise
     if fitted is None:
         return None
     with atomic_dir(paths.out) as tmp:  # the adapter appears only once complete
