@@ -73,10 +73,10 @@ def write_params(workdir: Path, url: str, **generate: Any) -> None:
 
 
 def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: Path) -> None:
-    """Every third request gets a fault, each kind in turn. (A 200 labelled application/json whose body
+    """Every second request gets a fault, each kind in turn. (A 200 labelled application/json whose body
     is not JSON crashed the stage with a JSONDecodeError traceback before: issue 15, defect 1.)"""
     faults = ",".join(TEACHER_FAULTS)
-    with served(tiny_model, "--fault-every", "3", "--faults", faults, "--stall", "4") as url:
+    with served(tiny_model, "--fault-every", "2", "--faults", faults, "--stall", "4") as url:
         write_params(workdir, url)
         proc = stage_process(workdir, "generate", env={**python_env(), "GENZ_TEST_KEY": "sk-secret-xyz"})
         stats = server_stats(url)
@@ -214,13 +214,13 @@ def test_no_usable_row_fails_whatever_the_threshold(workdir: Path) -> None:
 def test_a_stand_in_never_answers_for_the_real_server(workdir: Path, tiny_model: Path) -> None:
     """Issue 23, point 1: the cache was keyed by model name, so after a dry run against `genz-speak serve
     rules` (model gpt-5-mini), pointing base_url at the real server sent no request and labelled the
-    stand-in's caricature openai:gpt-5-mini. A cached rewrite is now reused only when the server that
+    stand-in's caricature openai:my-teacher. A cached rewrite is now reused only when the server that
     wrote it (its URL and its own description of the model) is one of this run's."""
-    with served("rules", "--served-model-name", "gpt-5-mini") as stand_in:
-        write_params(workdir, stand_in, model="gpt-5-mini")
+    with served("rules", "--served-model-name", "my-teacher") as stand_in:
+        write_params(workdir, stand_in, model="my-teacher")
         run_stage(workdir, "generate")
-    with served("rules", "--served-model-name", "gpt-5-mini") as real:  # another server, another URL
-        write_params(workdir, real, model="gpt-5-mini")
+    with served("rules", "--served-model-name", "my-teacher") as real:  # another server, another URL
+        write_params(workdir, real, model="my-teacher")
         run_stage(workdir, "generate")
         assert server_stats(real)["requests"] == ROWS and run_info(workdir)["cache_hits"] == 0
         run_stage(workdir, "generate")  # the same server again: everything reused
@@ -228,12 +228,12 @@ def test_a_stand_in_never_answers_for_the_real_server(workdir: Path, tiny_model:
 
     # The same URL, another server behind it (the same model name, another model).
     port = free_port()
-    server, url = launch("rules", "--served-model-name", "gpt-5-mini", env=python_env(), port=port)
-    write_params(workdir, url, model="gpt-5-mini")
+    server, url = launch("rules", "--served-model-name", "my-teacher", env=python_env(), port=port)
+    write_params(workdir, url, model="my-teacher")
     run_stage(workdir, "generate")
     server.terminate()
     server.wait(timeout=30)
-    with_model, _ = launch(tiny_model, "--served-model-name", "gpt-5-mini", env=python_env(), port=port)
+    with_model, _ = launch(tiny_model, "--served-model-name", "my-teacher", env=python_env(), port=port)
     try:
         run_stage(workdir, "generate")
         assert server_stats(url)["requests"] == ROWS and run_info(workdir)["cache_hits"] == 0
@@ -241,7 +241,7 @@ def test_a_stand_in_never_answers_for_the_real_server(workdir: Path, tiny_model:
         with_model.terminate()
         with_model.wait(timeout=30)
     teachers = {r["teacher"] for r in read_jsonl(workdir / "data/generate/genz_dataset.jsonl")}
-    assert teachers == {"openai:gpt-5-mini"}
+    assert teachers == {"openai:my-teacher"}
 
 
 def test_sigterm_keeps_what_requests_in_flight_bring_back(workdir: Path, own_cache: Path) -> None:

@@ -34,16 +34,20 @@ class OpenAITeacher:
 
     def _request(self, req: TeacherRequest, journal: Journal) -> TeacherResult:
         request = teacher_request(self.cfg, req.messages)
+        tried = [self.pool.endpoints[0].identity]  # who the last try went to: a failure is theirs
 
         def once() -> tuple[str, Any, str | None, str]:
             with self.pool.client() as endpoint:  # each try, retries included, takes an endpoint in rotation
+                tried.append(endpoint.identity)
                 journal.sent(req.id, endpoint.identity)  # recorded before it is paid for
                 resp = complete(endpoint.client, **request)
                 return chat_text(resp), resp.usage, finish_reason(resp), endpoint.identity
 
         res = call_with_retries(once, self.cfg.max_retries, stop=self.pool.stopping)
         if res.error is not None:
-            return TeacherResult(req.id, None, res.error, retries=res.retries, faults=res.faults)
+            return TeacherResult(
+                req.id, None, res.error, retries=res.retries, faults=res.faults, endpoint=tried[-1]
+            )
         text, usage, finish, identity = res.value
         return TeacherResult(
             id=req.id,
