@@ -181,6 +181,13 @@ def save_base_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out_di
         save_tokenizer(tok, tmp)
 
 
+def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, str]:
+    """`load_base_model` then `save_base_model` (the benchmarks' one call); what to report about it."""
+    model, tok, info = load_base_model(name, dtype)
+    save_base_model(model, tok, out_dir)
+    return info
+
+
 # Keys transformers records in tokenizer_config.json about how the tokenizer was loaded (HF_HUB_OFFLINE,
 # a local path or a hub id, a cache folder), not what it is: left in, identical weights and tokenizers
 # would hash differently from one machine or shell to the next, and DVC would rerun everything downstream.

@@ -170,3 +170,29 @@ def test_replace_dir_on_a_mount_point(tmp_path: Path, new_bytes: int, expected: 
     assert proc.stdout.strip().splitlines()[-1] == expected, proc.stdout
     if new_bytes > 2_000_000:
         assert proc.stdout.startswith(f"error {errno.ENOSPC}")
+
+
+def _append_many(path: str, writer: int) -> None:
+    # Each record opened, written and closed on its own: every open repairs the file first, the moment
+    # a concurrent writer could be caught mid-record.
+    for i in range(40):
+        with AppendLog(Path(path)) as log:
+            log.write({"writer": writer, "i": i, "pad": str(writer) * 150_000}, sync=False)
+
+
+def test_concurrent_writers_never_tear_each_others_records(tmp_path: Path) -> None:
+    """Issue 23, point 9: experiments that share a cache (`dvc queue start -j 2`) append to one log. The
+    repair of a torn last line, and each record, happen under an exclusive lock, in one write each."""
+    import multiprocessing
+
+    path = tmp_path / "shared.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    records = list(read_jsonl_tolerant(path))
+    assert sorted((r["writer"], r["i"]) for r in records) == [(w, i) for w in range(4) for i in range(40)]
+    assert all(r["pad"] == str(r["writer"]) * 150_000 for r in records)
