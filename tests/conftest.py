@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import tempfile
 
-# The shared caches (`io.cache_root`: rewrites, verdicts, answers, the offline judge's models) of a test
+# The shared caches (`cache.cache_root`: rewrites, verdicts, answers, the offline judge's models) of a test
 # session live in a temporary folder, never in ~/.cache; each test gets its own (`own_cache` below), so no
 # test reuses another's rewrites or verdicts. Session- and module-scoped fixtures share this one.
 os.environ["GENZ_SPEAK_CACHE"] = tempfile.mkdtemp(prefix="genz-speak-cache-")

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genz_speak.cache import AppendLog, read_jsonl_tolerant
 from genz_speak.config import Dtype
 from genz_speak.data.chat import user_message
-from genz_speak.io import AppendLog, read_jsonl_tolerant
 from genz_speak.models import device, inference_dtype, load_causal_lm, load_tokenizer, model_fingerprint
 
 if TYPE_CHECKING:

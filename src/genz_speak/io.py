@@ -1,10 +1,9 @@
-"""File I/O shared by the stages: JSONL with line-numbered errors, atomic writes, append-and-flush logs,
-text sanitised where it enters, and the shared cache folder."""
+"""File I/O shared by the stages: JSONL with line-numbered errors, text cleaned where it is read (lone
+surrogates, control characters) and a repeated field refused, atomic writes of files and folders
+(`genz_speak.cache` has the shared caches' append logs)."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
@@ -12,7 +11,6 @@ import secrets
 import shutil
 import socket
 import stat
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,8 +60,8 @@ def clean(value: Any) -> Any:
     return value
 
 
-class _DuplicateField(ValueError):
-    pass
+class DuplicateField(ValueError):
+    """A field given twice in one JSON object (json itself keeps the last value silently)."""
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -71,13 +69,13 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _DuplicateField(key)
+            raise DuplicateField(key)
         obj[key] = value
     return obj
 
 
 def loads(text: str | bytes) -> Any:
-    """json.loads that refuses a field given twice in one object (_DuplicateField) and cleans every string."""
+    """json.loads that refuses a field given twice in one object (DuplicateField) and cleans every string."""
     return clean(json.loads(text, object_pairs_hook=_unique_object))
 
 
@@ -145,7 +143,7 @@ def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
         return None
     try:
         row = loads(line)
-    except _DuplicateField as err:
+    except DuplicateField as err:
         raise InputError(f"{path}:{lineno}: field {err.args[0]!r} given twice in one row") from None
     except json.JSONDecodeError as err:
         if lineno == 1 and line.lstrip().startswith("["):
@@ -160,21 +158,6 @@ def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
 
 # A file that opens with "[" is a JSON array (one line or pretty-printed), the commonest wrong format.
 _ARRAY = "{path}: expected JSONL (one object per line), got a JSON array; write one object per line"
-
-
-def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
-    """Read an append-only log that a killed process may have left with a torn last line (cut anywhere,
-    even inside a multi-byte character)."""
-    if not path.is_file():
-        return
-    lines = path.read_bytes().splitlines(keepends=True)
-    for lineno, line in enumerate(lines, start=1):
-        try:
-            yield clean(json.loads(line.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if lineno == len(lines) and not line.endswith(b"\n"):  # the write a kill interrupted
-                return
-            raise InputError(f"{path}:{lineno}: corrupt line in the middle of an append log") from None
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:
@@ -235,8 +218,7 @@ def replace_dir(tmp: Path, out: Path) -> None:
     if not out.exists() and not out.is_symlink():
         os.replace(tmp, out)
         return
-    # Hidden and *.tmp: ignored by git and DVC, should a kill leave it behind.
-    old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old.tmp")
+    old = _temporary_dir(out, "old")
     os.replace(out, old)
     try:
         os.replace(tmp, out)
@@ -273,13 +255,34 @@ def _replace_inside(tmp: Path, mount: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _temporary_dir(out: Path, kind: str) -> Path:
+    """A name beside `out` that is this process's own (experiments sharing a cache may write the same
+    folder at once), hidden and *.tmp (git- and DVC-ignored); leftovers of processes that are gone, which a
+    kill leaves, are removed first."""
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):
+        pid = stale.name[len(out.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}.tmp")
+
+
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """A fresh temporary folder beside `out` for the block to write into: moved into place as `out` when
     the block succeeds, removed when it fails (so `out` only ever holds a complete output)."""
-    tmp = out.with_name(out.name + ".tmp")  # *.tmp: git- and dvc-ignored, should a kill leave it
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_dir(out, "new")
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
@@ -301,80 +304,6 @@ def write_json(path: str | Path, data: Any) -> None:
     with atomic_open(path) as f:
         json.dump(clean(data), f, indent=2, ensure_ascii=False, sort_keys=True)
         f.write("\n")
-
-
-class AppendLog:
-    """An append-only JSONL file that several processes (parallel experiments sharing a cache) and threads
-    may write at once. Each record is one os.write on an O_APPEND descriptor under an exclusive flock, so
-    records never interleave; a torn last line that a killed writer left is cut off, under the same lock,
-    before the next record goes in. `sync` records are fsynced (a power cut loses at most the last one);
-    the others reach the kernel, which is enough to survive the process being killed."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-        self._threads = threading.Lock()  # flock orders processes; threads of one process share the fd
-        with self._locked():
-            self._repair()
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._threads:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def _repair(self) -> int:
-        """Cut a torn last line (a kill mid-write); the file's size after."""
-        info = os.fstat(self._fd)
-        size = info.st_size
-        if not stat.S_ISREG(info.st_mode) or size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
-            return size
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            chunk = os.pread(self._fd, end - start, start)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                os.ftruncate(self._fd, start + cut + 1)
-                return start + cut + 1
-            end = start
-        os.ftruncate(self._fd, 0)
-        return 0
-
-    def write(self, record: dict[str, Any], sync: bool = True) -> None:
-        data = (json.dumps(clean(record), ensure_ascii=False) + "\n").encode("utf-8")
-        with self._locked():
-            size = self._repair()
-            written = os.write(self._fd, data)
-            if written != len(data):  # the disk filled mid-record: leave no torn line for others
-                os.ftruncate(self._fd, size)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
-            if sync:
-                os.fsync(self._fd)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def __enter__(self) -> AppendLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def cache_root() -> Path:
-    """The caches every checkout and experiment share (teacher rewrites, judge verdicts, answers, the
-    offline judge's models), content-addressed so that any of them may reuse any record: $GENZ_SPEAK_CACHE,
-    else $XDG_CACHE_HOME/genz-speak, else ~/.cache/genz-speak (as datasets and huggingface_hub keep theirs).
-    Outside the workspace, so `dvc exp run --queue`'s temporary workspaces use and fill it too."""
-    override = os.environ.get("GENZ_SPEAK_CACHE")
-    if override:
-        return Path(override).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genz-speak"
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import yaml
 from genz_speak.data.dataset import dataset_row
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, write_jsonl
-from tests.conftest import ROOT, stage_process
+from tests.conftest import ROOT, stage_process, write_prepared
 
 GOOD = validate_rows(read_jsonl(ROOT / "data/questions.jsonl")[:40], "questions")
 SOURCE = "bad.jsonl"
@@ -537,3 +537,21 @@ def test_errors_name_the_params_file_given(workspace: Path, overrides: dict[str,
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = [line for line in proc.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
     assert len(error) == 1 and expected in error[0], proc.stderr[-3000:]
+
+
+def test_a_full_disk_is_one_line(workspace: Path, own_cache: Path) -> None:
+    """Issue 23, point 10: a full disk gave a traceback. The shared cache's log is /dev/full here (every
+    write: ENOSPC): one line naming the file, exit status 1, and the dataset left as it was."""
+    write_prepared(workspace, GOOD[:20], GOOD[20:30], GOOD[30:])
+    prior = (workspace / "data/generate/genz_dataset.jsonl").read_bytes()
+    own_cache.mkdir(parents=True, exist_ok=True)
+    (own_cache / "generate.jsonl").symlink_to("/dev/full")
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["generate"]["corpus_missing"] = "rules"  # these rows have no hand-written rewrite
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = stage_process(workspace, "generate")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
+    assert len(error) == 1 and f"no space left on the disk writing {own_cache}/generate.jsonl" in error[0]
+    assert "Traceback" not in proc.stderr
+    assert (workspace / "data/generate/genz_dataset.jsonl").read_bytes() == prior

@@ -24,10 +24,11 @@ from typing import Any
 import openai
 import pytest
 
+from genz_speak.cache import read_jsonl_tolerant
 from genz_speak.config import GenerateConfig, LLMJudgeConfig
 from genz_speak.data.questions import validate_rows
 from genz_speak.errors import StageFailed
-from genz_speak.io import free_port, read_jsonl, read_jsonl_tolerant
+from genz_speak.io import free_port, read_jsonl
 from genz_speak.judges.llm import LLMJudge
 from genz_speak.llm_client import complete, describe, make_client
 from genz_speak.pipeline.generate import rewrite_splits

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from genz_speak.cache import read_jsonl_tolerant
 from genz_speak.data.questions import validate_rows
-from genz_speak.io import free_port, read_jsonl, read_jsonl_tolerant
+from genz_speak.io import free_port, read_jsonl
 from genz_speak.testing.serve import launch
 from tests.conftest import (
     FAULT_LABELS,

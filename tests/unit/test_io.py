@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from genz_speak.cache import AppendLog, read_jsonl_tolerant
 from genz_speak.io import (
-    AppendLog,
     atomic_open,
     read_jsonl,
-    read_jsonl_tolerant,
     replace_dir,
     write_json,
     write_jsonl,

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genz_speak.cache import AppendLog, read_jsonl_tolerant
 from genz_speak.config import Params, TrainConfig
 from genz_speak.errors import InputError
-from genz_speak.io import AppendLog, clean, read_jsonl, read_jsonl_tolerant, write_jsonl
+from genz_speak.io import clean, read_jsonl, write_jsonl
 from genz_speak.params import parse
 
 json_values = st.recursive(

@@ -90,7 +90,7 @@ def _judge_check(args: argparse.Namespace) -> None:
         keep = list(dict.fromkeys(r["qid"] for r in rows))[: args.questions]
         rows = [r for r in rows if r["qid"] in keep]
     corpus = read_corpus(args.corpus) if args.judge == "offline" else []
-    from genz_speak.io import cache_root
+    from genz_speak.cache import cache_root
 
     cache = args.cache or cache_root() / "judge.jsonl"  # the stages' caches, shared with them
     offline_cache = args.offline_cache or cache_root() / "offline-judge"

@@ -24,9 +24,10 @@ from typing import Any
 
 import openai
 
+from genz_speak.cache import AppendLog, read_jsonl_tolerant
 from genz_speak.config import LLMJudgeConfig
 from genz_speak.endpoints import EarlyStop, EndpointPool
-from genz_speak.io import AppendLog, loads, read_jsonl_tolerant
+from genz_speak.io import loads
 from genz_speak.judges import CRITERIA
 from genz_speak.llm_client import (
     MalformedReply,

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genz_speak.cache import cache_root
 from genz_speak.config import EvaluateConfig
 from genz_speak.data.chat import user_message
 from genz_speak.data.corpus import read_corpus
 from genz_speak.data.dataset import read_dataset, read_split
 from genz_speak.errors import StageFailed
-from genz_speak.io import atomic_open, cache_root, write_json, write_jsonl
+from genz_speak.io import atomic_open, write_json, write_jsonl
 from genz_speak.judges import CRITERIA
 from genz_speak.reports import summary, tables
 from genz_speak.reports.stats import spearman
@@ -33,7 +34,7 @@ class Paths:
     plots_dir: Path  # means.json, paired.json, scores.json for `dvc plots`
     report: Path  # metrics/report.md
     # The caches (LLM verdicts, answers per finished batch, the offline judge's models) are shared by
-    # every experiment: under `io.cache_root()`, not in the workspace.
+    # every experiment: under `cache.cache_root()`, not in the workspace.
 
 
 def questions(

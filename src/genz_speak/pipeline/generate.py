@@ -16,12 +16,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from genz_speak.cache import AppendLog, cache_root, read_jsonl_tolerant
 from genz_speak.config import GenerateConfig
 from genz_speak.data.corpus import read_corpus
 from genz_speak.data.dataset import SPLITS, dataset_row, read_split
 from genz_speak.endpoints import EarlyStop
 from genz_speak.errors import StageFailed
-from genz_speak.io import AppendLog, cache_root, read_jsonl_tolerant, write_jsonl
+from genz_speak.io import write_jsonl
 from genz_speak.llm_client import strip_reasoning
 from genz_speak.teachers import Teacher, TeacherRequest, TeacherResult, build_teacher
 from genz_speak.teachers.base import rewrite_key, teacher_chats, teacher_name
@@ -316,7 +317,7 @@ def _run_info(
 
 def run(cfg: GenerateConfig, paths: Paths) -> dict[str, Any]:
     """Rewrite the prepared splits with the configured teacher (held-out rewrites are the evaluation's
-    "Train" reference, never trained on), through the shared cache (`io.cache_root`)."""
+    "Train" reference, never trained on), through the shared cache (`cache.cache_root`)."""
     splits = {name: read_split(paths.data_dir / f"{name}.jsonl") for name in SPLITS}
     corpus = read_corpus(paths.corpus)
     teacher = build_teacher(cfg, corpus)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from genz_speak.io import AppendLog
+from genz_speak.cache import AppendLog
 
 Fault = Literal[
     "429", "429-bare", "500", "502", "503", "stall", "nonjson", "badjson", "nochoices", "nullcontent",
