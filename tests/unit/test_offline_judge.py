@@ -43,27 +43,52 @@ def test_numbers_are_values_however_written() -> None:
 
 def test_fact_check_catches_a_changed_number_and_a_missing_name() -> None:
     right = check_facts(ANSWERS["natural"], REFERENCE, INSTRUCTION)
-    assert (right.numbers_kept, right.numbers_unsupported, right.names_kept) == (1.0, 0, 1.0)
+    assert (right.numbers_kept, right.numbers_contradicted, right.names_kept, right.score) == (
+        1.0,
+        0,
+        1.0,
+        1.0,
+    )
     number = check_facts(ANSWERS["wrong_number"], REFERENCE, INSTRUCTION)
-    assert (number.numbers_kept, number.numbers_unsupported) == (0.0, 1)
+    assert (number.numbers_kept, number.numbers_contradicted) == (0.0, 1)
+    assert number.score < 0.5 * right.score
     assert check_facts(ANSWERS["wrong_name"], REFERENCE, INSTRUCTION).names_kept == 0.0
     # a number the question's context gives is supported, but the reference's own number is still expected
     ctx = check_facts(
         "platform 2", "The train leaves from platform 4.", "Which platform?", "Moved from platform 2 to 4."
     )
-    assert (ctx.numbers_unsupported, ctx.numbers_kept) == (0, 0.0)
+    assert (ctx.numbers_contradicted, ctx.numbers_kept) == (0, 0.0)
     # a possessive names the same thing ("the Sun's heat" keeps "the Sun")
     own = check_facts("the Sun’s heat lifts it", "The Sun evaporates water.", "What drives the water cycle?")
-    assert (own.names_kept, own.names_unsupported) == (1.0, 0)
+    assert (own.names_kept, own.names_contradicted) == (1.0, 0)
+
+
+def test_fact_check_forgives_what_is_right() -> None:
+    """A short or abbreviated name, a surname, correct extra detail, acronyms of slang and units are no
+    contradiction; a different name where the reference's is missing is."""
+    ref, q = "The United States bought Alaska from Russia in 1867.", "Who bought Alaska?"
+    assert check_facts("the US did, from russia, in 1867", ref, q).score == 1.0
+    extra = check_facts(
+        "the US bought it from Russia in 1867 for 7.2 million dollars, NGL a steal ASAP", ref, q
+    )
+    assert extra.score == 1.0
+    armstrong = "Neil Armstrong was the first person to walk on the Moon, in 1969."
+    assert check_facts("armstrong, 1969", armstrong, "Who first walked on the Moon?").score == 1.0
+    assert (
+        check_facts("Water boils at 100 °C at sea level.", "Water boils at 100 °C at sea level.", "?").score
+        == 1.0
+    )
+    swapped = check_facts("Canada bought Alaska from Russia in 1867.", ref, q)
+    assert (swapped.names_kept, swapped.names_contradicted) == (0.5, 1) and swapped.score < 0.3
 
 
 def test_coherence_punishes_structure_not_register() -> None:
-    fluent = [coherence(ANSWERS[k]) for k in ("plain", "natural", "wrong_number", "offtopic")]
+    fluent = [coherence(ANSWERS[k], 0.0) for k in ("plain", "natural", "wrong_number", "offtopic")]
     assert min(fluent) == 1.0  # slang, lowercase and a missing full stop are not faults
-    assert coherence(ANSWERS["loop"]) < 0.2
-    assert coherence(ANSWERS["spam"]) < 0.3
-    assert coherence(ANSWERS["cut_off"]) < 0.5
-    assert coherence("1889 bestie 🗼") == 1.0  # one emoji is free
+    assert coherence(ANSWERS["loop"], 0.0) < 0.2
+    assert coherence(ANSWERS["spam"], 0.0) < 0.3
+    assert coherence("1889 bestie 🗼", 0.0) == 1.0  # one emoji is free
+    assert coherence(ANSWERS["plain"], 1.0) < 0.5  # what the ending model calls cut off
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +118,14 @@ def test_helpfulness_puts_the_right_facts_above_wrong_ones_and_non_answers(score
     assert max(help_["offtopic"], help_["spam"]) < 0.1
 
 
+def test_the_ending_model_hears_a_cut_it_never_saw(scores: dict[str, dict]) -> None:
+    """The cut-off answer stops mid-sentence on "by", a word no list names: the model's probability, fitted
+    only on the corpus's own texts and their random cuts, puts it below every finished answer."""
+    cut = {k: v["parts"]["cut_off"] for k, v in scores.items()}
+    assert cut["cut_off"] > 0.5 > max(cut[k] for k in ("plain", "natural", "wrong_number", "caricature"))
+    assert scores["cut_off"]["coherence"] < 0.5
+
+
 def test_loops_score_lowest_on_coherence(scores: dict[str, dict]) -> None:
     coh = {k: v["coherence"] for k, v in scores.items()}
     assert min(coh, key=coh.__getitem__) == "loop"
@@ -103,7 +136,7 @@ def test_loops_score_lowest_on_coherence(scores: dict[str, dict]) -> None:
 
 def test_a_second_judge_reuses_the_cut_lm_and_the_fit(judge_cache: Path, scores: dict[str, dict]) -> None:
     saved = sorted(p.name.split("-")[0] for p in judge_cache.iterdir())
-    assert saved == ["lm", "style"]  # one cut LM, one fitted model
+    assert saved == ["ending", "lm", "lm", "style"]  # the LM whole and cut, two fitted models
     again = OfflineJudge(OfflineJudgeConfig(), read_corpus(ROOT / "data/genz_corpus.jsonl"), judge_cache)
     out = again.score([Item(INSTRUCTION, "", a, REFERENCE) for a in ANSWERS.values()])
     assert [o["genz_style"] for o in out] == pytest.approx(

@@ -1,9 +1,12 @@
 """Holding a judge to labelled answers: the calibration set, its checks, and how well a judge agrees.
 
-`data/judge_calibration.jsonl` holds hand-written answers of ten kinds to questions (shipped and new),
+`data/judge_calibration.jsonl` holds hand-written answers of fifteen kinds to questions (shipped and new),
 each labelled 0-10 for genz_style, helpfulness and coherence by `docs/judge_rubric.md`. A judge's scores
 are compared with the labels by Spearman's rank correlation per criterion, by its mean score per kind,
-and by how often it orders two answers to the same question the way their kinds say it must.
+by how often it orders two answers to the same question the way their kinds say it must, and by the gaps
+that must stay small (a valid open-ended answer unlike the reference against a plain correct one; heavy
+Gen Z against light). Rows of the `untouched` split were kept out of every fit and every threshold
+choice; judge-check reports them apart.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ KINDS = (
     "truncated",
     "spam",
     "refusal",
+    "plain_flipped",  # one claim flipped in the same words: no number or name changed
+    "genz_flipped",
+    "extra_detail",  # correct, with true detail the reference lacks
+    "short_correct",
+    "open_valid",  # a valid answer to an open-ended task, unlike the reference
 )
+SPLITS = ("dev", "untouched")
 REGISTERS = ("light", "medium", "heavy")
 FIELDS = {
     "id": str,
@@ -48,6 +57,7 @@ FIELDS = {
     "helpfulness": int,
     "coherence": int,
     "note": str,
+    "split": str,
 }
 # (criterion, the kind that must score higher, the kind that must score lower), per question.
 ORDERINGS = (
@@ -55,6 +65,8 @@ ORDERINGS = (
     ("genz_style", "genz_correct", "plain_correct"),
     ("helpfulness", "genz_correct", "genz_wrong_facts"),
     ("helpfulness", "plain_correct", "plain_wrong_facts"),
+    ("helpfulness", "genz_correct", "genz_flipped"),
+    ("helpfulness", "plain_correct", "plain_flipped"),
     ("coherence", "genz_correct", "repetition"),
     ("coherence", "plain_correct", "repetition"),
 )
@@ -72,6 +84,8 @@ def _calibration_row(row: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"field {name!r} has the wrong type ({type(row[name]).__name__})")
     if row["kind"] not in KINDS:
         raise InputError(f"kind {row['kind']!r} is not one of {KINDS}")
+    if row["split"] not in SPLITS:
+        raise InputError(f"split {row['split']!r} is not one of {SPLITS}")
     if row["register"] is not None and row["register"] not in REGISTERS:
         raise InputError(f"register {row['register']!r} is not one of {REGISTERS} or null")
     for c in CRITERIA:
@@ -155,12 +169,53 @@ def agreement(rows: list[dict[str, Any]], scores: list[dict[str, float | None]])
             "pairs": len(wins),
         }
     result["orderings"] = orderings
+    result["gaps"] = _gaps(rows, scores, per_question) if "helpfulness" in criteria else {}
     if "coherence" in criteria:
         means = {
             k: v["coherence"]["score"] for k, v in by_kind.items() if v["coherence"]["score"] is not None
         }
         result["lowest_coherence_kind"] = min(means, key=means.__getitem__) if means else None
     return result
+
+
+def _gaps(
+    rows: list[dict[str, Any]],
+    scores: list[dict[str, float | None]],
+    per_question: dict[str, dict[str, list[int]]],
+) -> dict[str, dict[str, Any]]:
+    """Helpfulness gaps that must stay small, as the mean over questions of (first - second) for the judge
+    and for the labels: plain correct vs a valid open-ended answer unlike the reference; light vs heavy
+    Gen Z, both correct."""
+
+    def pick(kinds: dict[str, list[int]], which: tuple[str, str | None]) -> list[int]:
+        kind, register = which
+        return [i for i in kinds.get(kind, []) if register is None or rows[i]["register"] == register]
+
+    out = {}
+    for name, first, second in (
+        ("plain_correct - open_valid", ("plain_correct", None), ("open_valid", None)),
+        ("genz light - genz heavy", ("genz_correct", "light"), ("genz_correct", "heavy")),
+    ):
+        judged, labelled = [], []
+        for kinds in per_question.values():
+            a, b = pick(kinds, first), pick(kinds, second)
+            sa = [scores[i]["helpfulness"] for i in a if scores[i].get("helpfulness") is not None]
+            sb = [scores[i]["helpfulness"] for i in b if scores[i].get("helpfulness") is not None]
+            if sa and sb:
+                judged.append(float(np.mean(sa) - np.mean(sb)))
+                labelled.append(
+                    float(
+                        np.mean([rows[i]["helpfulness"] for i in a])
+                        - np.mean([rows[i]["helpfulness"] for i in b])
+                    )
+                    / 10
+                )
+        out[f"helpfulness: {name}"] = {
+            "gap": round(float(np.mean(judged)), 4) if judged else None,
+            "label_gap": round(float(np.mean(labelled)), 4) if labelled else None,
+            "questions": len(judged),
+        }
+    return out
 
 
 def table(result: dict[str, Any]) -> str:
@@ -177,6 +232,13 @@ def table(result: dict[str, Any]) -> str:
         "| ordering (same question) | accuracy | pairs |",
         "|---|---|---|",
         *(f"| {k} | {_num(v['accuracy'])} | {v['pairs']} |" for k, v in result["orderings"].items()),
+        "",
+        "| gap (same question, mean) | judge | labels | questions |",
+        "|---|---|---|---|",
+        *(
+            f"| {k} | {_num(v['gap'])} | {_num(v['label_gap'])} | {v['questions']} |"
+            for k, v in result.get("gaps", {}).items()
+        ),
         "",
         "| kind | n | " + " | ".join(f"{c} (label)" for c in criteria) + " |",
         "|---|---|" + "---|" * len(criteria),
@@ -206,7 +268,7 @@ def run_judge(
 
         offline = OfflineJudge(cfg.offline, corpus, offline_cache)
         scores = offline.score(
-            [Item(r["instruction"], r["context"], r["answer"], r["reference"]) for r in rows]
+            [Item(r["instruction"], r["context"], r["answer"], r["reference"], r["category"]) for r in rows]
         )
         return scores, {"style_model_heldout_accuracy": offline.style.heldout_accuracy}
     from genz_speak.judges.llm import LLMJudge

@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print how the second annotator's blind labels (--second-labels) agree with the set's; no judge",
     )
     p.add_argument("--second-labels", type=Path, default=Path("data/judge_calibration_second.jsonl"))
+    p.add_argument(
+        "--split",
+        choices=("all", "dev", "untouched"),
+        default="all",
+        help="all: the whole set and, apart, its untouched part; dev: only the rows a judge may be tuned on",
+    )
 
 
 def _judge_check(args: argparse.Namespace) -> None:
@@ -86,6 +92,8 @@ def _judge_check(args: argparse.Namespace) -> None:
         for c, rho in result["spearman"].items():
             print(f"| {c} | {rho} | {result['max_difference'][c]} |")
         return
+    if args.split != "all":
+        rows = [r for r in rows if r["split"] == args.split]
     if args.questions:
         keep = list(dict.fromkeys(r["qid"] for r in rows))[: args.questions]
         rows = [r for r in rows if r["qid"] in keep]
@@ -97,7 +105,15 @@ def _judge_check(args: argparse.Namespace) -> None:
     scores, info = run_judge(args.judge, cfg, rows, corpus, cache, offline_cache)
     result = agreement(rows, scores)
     name = "offline" if args.judge == "offline" else f"LLM judge {cfg.llm.model}"
-    print(f"# judge-check: {name} on {args.calibration}\n\n{table(result)}")
+    part = "" if args.split == "all" else f" ({args.split} part)"
+    print(f"# judge-check: {name} on {args.calibration}{part}\n\n{table(result)}")
+    if args.split == "all":
+        untouched = [i for i, r in enumerate(rows) if r["split"] == "untouched"]
+        if untouched:
+            result["untouched"] = agreement([rows[i] for i in untouched], [scores[i] for i in untouched])
+            print(
+                f"## The untouched part (kept out of every fit and threshold)\n\n{table(result['untouched'])}"
+            )
     if args.out:
         write_json(args.out, {"judge": args.judge, **info, **result})
 

@@ -2,8 +2,8 @@
 
 Numbers are read as values, whatever their form ("1,000", "1 000", "1k", "one thousand", "16th",
 "95%"), so a rewrite that writes a number differently keeps it, and a changed value is a changed value.
-Names are the reference's capitalised words (people, places, works), matched in any case, since Gen Z
-writing often lowercases them.
+Names are the reference's runs of capitalised words (people, places, works), matched in any case, since
+Gen Z writing often lowercases them, by any of their words or their initials ("Armstrong", "US").
 """
 
 from __future__ import annotations
@@ -76,29 +76,60 @@ def _stem(word: str) -> str:
     return re.sub(r"'s?$", "", word)
 
 
-def names(text: str) -> set[str]:
-    """Lowercased capitalised words of a text that are not ordinary sentence openers: a cheap proxy for
-    the names (people, places, works, brands) it mentions."""
-    found = set()
+def name_units(text: str, openers: bool = False) -> list[tuple[str, ...]]:
+    """The names a text mentions (people, places, works, brands), each as its lowercased words ("Jane
+    Austen" -> ("jane", "austen")): runs of capitalised words of two letters or more ("°C" is no name) that
+    are not ordinary sentence openers; with `openers`, a capital that starts a sentence counts too."""
+    found: list[tuple[str, ...]] = []
     for sentence in re.split(r"(?<=[.!?:])\s+|\n+", text):
         toks = words(sentence)
+        run: list[str] = []
         for i, w in enumerate(toks):
-            if not w[:1].isupper() or w.lower() in FUNCTION_WORDS or w == "I":
+            opener = (
+                not openers and i == 0 and w[1:].islower() and len(toks) > 1 and not toks[1][:1].isupper()
+            )
+            if w[:1].isupper() and len(w) > 1 and w.lower() not in FUNCTION_WORDS and w != "I" and not opener:
+                run.append(_stem(w).lower())
                 continue
-            if i == 0 and w[1:].islower() and len(toks) > 1 and not toks[1][:1].isupper():
-                continue  # a capital that only starts the sentence
-            found.add(_stem(w).lower())
-    return found
+            if run:
+                found.append(tuple(run))
+            run = []
+        if run:
+            found.append(tuple(run))
+    return list(dict.fromkeys(found))
+
+
+def _mentioned(name: tuple[str, ...], answer_words: set[str]) -> bool:
+    """Whether the answer names `name`: any of its words (a surname, a town's short name, any case) or,
+    for a name of several words, its initials ("United States" -> "us" or "usa")."""
+    initials = "".join(w[0] for w in name)
+    return any(w in answer_words for w in name if len(w) >= 3) or (
+        len(name) > 1 and (initials in answer_words or f"{initials}a" in answer_words)
+    )
 
 
 @dataclass(frozen=True)
 class FactCheck:
-    """How an answer's numbers and names compare with what the question and reference state."""
+    """How an answer's numbers and names compare with what the question and reference state.
+
+    What the reference states and the answer leaves out makes it less complete; what the answer states in
+    its place (a number or a name that neither the reference nor the question supports, where one of the
+    reference's is missing) contradicts it. Correct extra detail costs nothing: a number or name the
+    reference does not have counts against the answer only as the stand-in for one it dropped."""
 
     numbers_kept: float | None  # share of the reference's numbers the answer states; None: it has none
-    numbers_unsupported: int  # numbers the answer states that neither the reference nor the question does
+    numbers_contradicted: int  # reference numbers replaced by numbers nothing supports
     names_kept: float | None  # share of the reference's names the answer mentions; None: it has none
-    names_unsupported: int  # capitalised names in the answer found in neither the reference nor question
+    names_contradicted: int  # reference names replaced by names nothing supports
+
+    @property
+    def score(self) -> float:
+        """The share of the reference's numbers and names the answer keeps (1 where it has none), each
+        contradiction cutting it to 30%."""
+        kept = [v for v in (self.numbers_kept, self.names_kept) if v is not None]
+        return (sum(kept) / len(kept) if kept else 1.0) * 0.3 ** (
+            self.numbers_contradicted + self.names_contradicted
+        )
 
 
 def check_facts(answer: str, reference: str, instruction: str, context: str = "") -> FactCheck:
@@ -109,13 +140,19 @@ def check_facts(answer: str, reference: str, instruction: str, context: str = ""
     support = ref_numbers | numbers(instruction) | numbers(context)
     # Only numerals count against an answer: number words are as often counts of what it lists ("four
     # languages") as claims.
-    unsupported = [r for r in number_readings(answer, words=False) if not r & support]
-    key_names = names(reference) - names(instruction)
-    padded = " " + " ".join(_stem(w).lower() for w in words(answer)) + " "
+    unsupported_numbers = [r for r in number_readings(answer, words=False) if not r & support]
+    missing_numbers = ref_numbers - ans_numbers
+    answer_words = {_stem(w).lower() for w in words(answer)}
+    asked = {w for name in name_units(instruction) for w in name}
+    key_names = [n for n in name_units(reference) if not set(n) <= asked]
     known = {_stem(w).lower() for w in words(" ".join((reference, instruction, context)))}
+    # A capital that starts a sentence may be a name too ("Canada bought it"): it counts as a stand-in only
+    # for a name the reference has and the answer dropped.
+    unsupported_names = [n for n in name_units(answer, openers=True) if not any(w in known for w in n)]
+    missing_names = [n for n in key_names if not _mentioned(n, answer_words)]
     return FactCheck(
         numbers_kept=(len(ref_numbers & ans_numbers) / len(ref_numbers)) if ref_numbers else None,
-        numbers_unsupported=len(unsupported),
-        names_kept=(sum(f" {n} " in padded for n in key_names) / len(key_names)) if key_names else None,
-        names_unsupported=len(names(answer) - known),
+        numbers_contradicted=min(len(missing_numbers), len(unsupported_numbers)),
+        names_kept=(1 - len(missing_names) / len(key_names)) if key_names else None,
+        names_contradicted=min(len(missing_names), len(unsupported_names)),
     )

@@ -35,6 +35,7 @@ judge-check` measures the result against the labelled calibration set.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,17 +44,13 @@ import numpy as np
 
 from genz_speak import text as T
 from genz_speak.config import OfflineJudgeConfig
+from genz_speak.judges.consistency import OPEN_CATEGORIES
 from genz_speak.judges.facts import check_facts
 
-log = logging.getLogger(__name__)
+# The verifier's margin -> helpfulness factor (set on the calibration set's dev part; see `agreement`).
+AGREE_FLOOR, AGREE_CENTRE, AGREE_WIDTH = 0.3, 0.0, 1.0
 
-# Words an English sentence does not end on: an answer stopping on one was cut off.
-_DANGLING = """
-    the a an of to in on at by for with from into onto about than as and or but nor because although
-    though if while my your his her their our its is are was were be been being has have had will would
-    can could should shall may might must very more most such
-"""
-DANGLING = frozenset(_DANGLING.split())
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,7 @@ class Item:
     context: str
     answer: str
     reference: str
+    category: str = ""  # Dolly's; open-ended categories are judged by the task, not one reference
 
 
 class Encoder:
@@ -113,19 +111,65 @@ def repetition(text: str) -> float:
     return T.repeated_ngram_share(text, 3)
 
 
-def coherence(text: str) -> float:
+def coherence(text: str, cut_off: float) -> float:
+    """Structure, not register: loops, runs of emoji, slang without sentences, and `cut_off`, the ending
+    model's probability that the text stops mid-thought."""
     n_words, n_emoji = len(T.words(text)), T.emoji_count(text)
     loops = 1.0 - min(1.0, 1.5 * repetition(text))
     extra_emoji = max(n_emoji - 1, 0) / max(n_words + n_emoji, 1)
     emoji_stream = 1.0 - 0.9 * min(1.0, extra_emoji / 0.3)
     list_like = any(ch in text for ch in ",:;\n") or any(ch.isdigit() for ch in text)
     no_sentences = n_words >= 6 and not list_like and T.function_word_ratio(text) < 0.12
-    stripped = text.rstrip()
-    last = (T.words(stripped) or [""])[-1].lower()
-    cut_off = stripped.endswith((",", ":", ";", "-", "–", "(")) or (
-        stripped[-1:].isalnum() and last in DANGLING
-    )
-    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.6 * cut_off)
+    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.7 * cut_off)
+
+
+_COUNT_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}  # noqa: SIM905
+_ASKED = re.compile(
+    r"\b(\d+|"
+    + "|".join(_COUNT_WORDS)
+    + r")\s+(?:\w+\s+)?(lines?|items?|ideas?|ways?|tips?|things?|examples?|"
+    r"names?|reasons?|words?|sentences?|steps?|questions?|options?|activities|places|foods?|books?|songs?)\b",
+    re.IGNORECASE,
+)
+
+
+def _units(text: str, unit: str) -> int:
+    """How many lines, sentences, words or list items a text has."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if unit.startswith("line"):
+        return len(lines)
+    if unit.startswith("sentence"):
+        return len([s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()])
+    if unit.startswith("word"):
+        return len(T.words(text))
+    if len(lines) > 1:
+        return len(lines)
+    return len([p for p in re.split(r",|;|\band\b|\bor\b", text) if p.strip()])
+
+
+def form_fit(instruction: str, answer: str) -> float:
+    """Whether the answer has the form the task asks for: a haiku's three lines, the number of lines,
+    items or sentences asked for (within one), a list's several items; 1 where nothing is asked."""
+    asked = _ASKED.search(instruction)
+    if asked is not None:
+        n = int(asked.group(1)) if asked.group(1).isdigit() else _COUNT_WORDS[asked.group(1).lower()]
+        got = _units(answer, asked.group(2).lower())
+        return 1.0 if abs(got - n) <= max(1, n // 4) else 0.6
+    if re.search(r"\bhaiku\b", instruction, re.I):
+        return 1.0 if _units(answer, "lines") == 3 or answer.count("/") == 2 else 0.6
+    if re.search(r"\blist\b", instruction, re.I):
+        return 1.0 if _units(answer, "items") >= 2 else 0.6
+    return 1.0
+
+
+def agreement(margin: float) -> float:
+    """The verifier's Yes-over-No margin as a factor of helpfulness: 1 where it says the answer agrees with
+    the reference, down to AGREE_FLOOR where it is sure it does not."""
+    return AGREE_FLOOR + (1.0 - AGREE_FLOOR) / (1.0 + np.exp(-(margin - AGREE_CENTRE) / AGREE_WIDTH))
+
+
+def _scale(x: np.ndarray | float, low: float, high: float) -> np.ndarray:
+    return np.clip((np.asarray(x) - low) / (high - low), 0.0, 1.0)
 
 
 class OfflineJudge:
@@ -136,47 +180,64 @@ class OfflineJudge:
         cache_dir: Path,
         exclude: frozenset[str] = frozenset(),
     ):
-        """`cache_dir` keeps the judge's cut LM and its fitted style model between runs."""
-        from genz_speak.judges.style import LayerFeatures, StyleModel
+        """`cache_dir` keeps the judge's cut LM and its fitted models between runs; `exclude` are the
+        questions being judged, which no fit sees."""
+        from genz_speak.judges.consistency import Verifier
+        from genz_speak.judges.ending import EndingModel
+        from genz_speak.judges.style import LayerFeatures, StyleModel, cached_lm
+        from genz_speak.models import load_causal_lm, load_tokenizer
 
         self.cfg = cfg
         self.encoder = Encoder(cfg.encoder)
         features = LayerFeatures.load(cfg.lm, cfg.lm_layers, cache_dir)
         self.style = StyleModel.fitted(corpus, features, exclude, cache_dir, cfg.lm)
+        self.ending = EndingModel.fitted(corpus, features, exclude, cache_dir, cfg.lm)
+        whole = cached_lm(cfg.lm, cache_dir)
+        self.verifier = Verifier(load_causal_lm(whole), load_tokenizer(whole))
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
         """Per item: the three criteria in [0, 1], and the parts they are made of (for inspection). An
         empty answer scores 0 on all three."""
         answers = [it.answer if it.answer.strip() else "" for it in items]
         style = self.style.score(answers)
+        cut = self.ending.cut_off(answers)
         ans = self.encoder.sentences(answers)
         ref = self.encoder.sentences([it.reference for it in items])
-        instr = self.encoder.sentences([it.instruction for it in items])
-        relevance = np.clip((np.maximum((ans * ref).sum(1), (ans * instr).sum(1)) - 0.25) / 0.35, 0.0, 1.0)
+        asked = self.encoder.sentences([f"{it.instruction}\n{it.context}".strip() for it in items])
+        to_question = _scale((ans * asked).sum(1), 0.15, 0.55)
+        relevance = _scale(np.maximum((ans * ref).sum(1), (ans * asked).sum(1)), 0.25, 0.6)
         ans_tokens = self.encoder.content_tokens(answers)
         ref_tokens = self.encoder.content_tokens([it.reference for it in items])
+        closed = [i for i, it in enumerate(items) if it.category not in OPEN_CATEGORIES and answers[i]]
+        margin = np.zeros(len(items), dtype=np.float32)
+        margin[closed] = self.verifier.margins(
+            [items[i].reference for i in closed], [answers[i] for i in closed]
+        )
         out = []
         for i, it in enumerate(items):
             facts = check_facts(it.answer, it.reference, it.instruction, it.context)
-            kept = [v for v in (facts.numbers_kept, facts.names_kept) if v is not None]
-            fact_score = (
-                (float(np.mean(kept)) if kept else 1.0)
-                * 0.5**facts.numbers_unsupported
-                * 0.7**facts.names_unsupported
-            )
-            cov = float(np.clip((coverage(ans_tokens[i], ref_tokens[i]) - 0.3) / 0.5, 0.0, 1.0))
+            cov = float(_scale(coverage(ans_tokens[i], ref_tokens[i]), 0.3, 0.8))
             rep = repetition(it.answer)
+            if it.category in OPEN_CATEGORIES:
+                # One right answer among many: judged by the task (on topic, in the form asked), not by
+                # its overlap with the reference.
+                helpful = float(to_question[i]) * form_fit(it.instruction, it.answer) * (1.0 - rep)
+            else:
+                helpful = float(relevance[i]) * cov * facts.score * agreement(float(margin[i])) * (1.0 - rep)
             empty = not answers[i]
             out.append(
                 {
                     "genz_style": 0.0 if empty else float(style[i]),
-                    "helpfulness": 0.0 if empty else float(relevance[i]) * cov * fact_score * (1.0 - rep),
-                    "coherence": 0.0 if empty else coherence(it.answer),
+                    "helpfulness": 0.0 if empty else helpful,
+                    "coherence": 0.0 if empty else coherence(it.answer, float(cut[i])),
                     "parts": {
                         "relevance": round(float(relevance[i]), 4),
+                        "to_question": round(float(to_question[i]), 4),
                         "coverage": round(cov, 4),
-                        "facts": round(fact_score, 4),
+                        "facts": round(facts.score, 4),
+                        "agreement_margin": round(float(margin[i]), 4),
                         "repetition": round(rep, 4),
+                        "cut_off": round(float(cut[i]), 4),
                     },
                 }
             )

@@ -37,6 +37,31 @@ log = logging.getLogger(__name__)
 TEST_SHARE = 5  # one question in five (by id hash) is held out to measure the fitted views
 
 
+def cached_lm(name: str, cache_dir: Path, layers: int | None = None) -> Path:
+    """The folder of the judge LM `name`, cut to its first `layers` layers (None: whole), saved under
+    `cache_dir` on first use: converting the embedded GGUF takes most of a minute, the saved folder loads
+    in a second."""
+    from genz_speak.models import load_judge_lm, model_fingerprint
+
+    origin = model_fingerprint(Path(name)) if Path(name).is_dir() else name
+    key = hashlib.sha256(json.dumps([origin, layers] if layers else [origin]).encode()).hexdigest()[:16]
+    folder = cache_dir / f"lm-{key}"
+    if not (folder / "config.json").is_file():
+        model, tokenizer = load_judge_lm(name)
+        if layers is not None:
+            if layers > model.config.num_hidden_layers:
+                raise ParamError(
+                    "evaluate.offline.lm_layers",
+                    f"{name} has {model.config.num_hidden_layers} layers, not {layers}",
+                )
+            model.model.layers = model.model.layers[:layers]
+            model.config.num_hidden_layers = layers
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return folder
+
+
 def held_out(question_id: str) -> bool:
     return int(hashlib.sha256(question_id.encode()).hexdigest(), 16) % TEST_SHARE == 0
 
@@ -52,33 +77,29 @@ class LayerFeatures:
 
     @classmethod
     def load(cls, name: str, layers: int, cache_dir: Path) -> LayerFeatures:
-        """The LM `name` cut to its first `layers` layers. The cut model is saved under `cache_dir` on first
-        use (converting the embedded GGUF takes most of a minute; the saved cut loads in a second)."""
-        from genz_speak.models import load_causal_lm, load_judge_lm, load_tokenizer, model_fingerprint
+        """The LM `name` cut to its first `layers` layers (cached under `cache_dir`)."""
+        from genz_speak.models import load_causal_lm, load_tokenizer
 
-        origin = model_fingerprint(Path(name)) if Path(name).is_dir() else name
-        key = hashlib.sha256(json.dumps([origin, layers]).encode()).hexdigest()[:16]
-        folder = cache_dir / f"lm-{key}"
-        if not (folder / "config.json").is_file():
-            model, tokenizer = load_judge_lm(name)
-            if layers > model.config.num_hidden_layers:
-                raise ParamError(
-                    "evaluate.offline.lm_layers",
-                    f"{name} has {model.config.num_hidden_layers} layers, not {layers}",
-                )
-            model.model.layers = model.model.layers[:layers]
-            model.config.num_hidden_layers = layers
-            with atomic_dir(folder) as tmp:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
+        folder = cached_lm(name, cache_dir, layers)
         return cls(load_causal_lm(folder), load_tokenizer(folder))
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Each text's hidden states averaged over its (first `max_tokens`) tokens."""
+        return self._pooled(texts, batch_size, self.max_tokens, ending=False)
+
+    def endings(self, texts: list[str], tokens: int = 48, batch_size: int = 32) -> np.ndarray:
+        """The state at each text's last token beside the mean over its last `tokens` tokens: how the text
+        ends (a finished sentence or one cut off), read with what precedes the end."""
+        return self._pooled(texts, batch_size, tokens, ending=True)
+
+    def _pooled(self, texts: list[str], batch_size: int, max_tokens: int, ending: bool) -> np.ndarray:
         import torch
 
         self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left" if ending else "right"
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of like length pad little
-        out = np.zeros((len(texts), self.decoder.config.hidden_size), dtype=np.float32)
+        width = self.decoder.config.hidden_size * (2 if ending else 1)
+        out = np.zeros((len(texts), width), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = self.tokenizer(
@@ -86,12 +107,16 @@ class LayerFeatures:
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
-                max_length=self.max_tokens,
+                max_length=max_tokens,
             ).to(self.decoder.device)
             with torch.inference_mode():
                 hidden = self.decoder(**enc).last_hidden_state.float()
             mask = enc["attention_mask"].unsqueeze(-1).float()
-            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            if ending:
+                last = hidden[torch.arange(len(idx)), enc["attention_mask"].sum(1) - 1]
+                mean = torch.cat([last, mean], dim=1)
+            out[idx] = mean.cpu().numpy()
         return out
 
 

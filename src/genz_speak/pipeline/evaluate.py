@@ -90,7 +90,7 @@ def check_judgements(cfg: EvaluateConfig, failed: int, total: int, errors: list[
 def _offline(judge: Any, records: list[dict[str, Any]], cfg: EvaluateConfig) -> dict[str, Any]:
     from genz_speak.judges.offline import Item
 
-    items = [Item(r["instruction"], r["context"], r["text"], r["reference"]) for r in records]
+    items = [Item(r["instruction"], r["context"], r["text"], r["reference"], r["category"]) for r in records]
     for rec, s in zip(records, judge.score(items), strict=True):
         rec["offline"] = s
     style = judge.style
