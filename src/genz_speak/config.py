@@ -58,14 +58,14 @@ HttpURL = Annotated[str, AfterValidator(_http_url)]
 EMBEDDED_STUDENT = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 
-# Keys that change how a stage runs, never what it writes: threads, endpoints and credentials' names,
+# Keys that change how a stage runs, never what it writes: threads, credentials' names, concurrency,
 # timeouts and retries, resume and checkpoint cadence, pass/fail gates that are not recorded, and vLLM's
-# memory and graph settings. dvc.yaml lists every other key under its stage's params, so changing one of
+# memory and graph settings. The endpoints are not among them: who answers decides the rewrites and
+# verdicts (a dry run's stand-in, another model behind the same name), so pointing base_url elsewhere
+# reruns the stage, and the cache reuses only what the listed servers wrote. dvc.yaml lists every other key under its stage's params, so changing one of
 # these reruns nothing (tests/unit/test_config.py holds the two in step).
 OPERATIONAL_KEYS = frozenset(
     {
-        "generate.base_url",  # the rewrite cache is keyed by model and prompt, not by endpoint
-        "generate.base_urls",
         "generate.api_key_env",
         "generate.concurrency",
         "generate.request_timeout",
@@ -78,7 +78,6 @@ OPERATIONAL_KEYS = frozenset(
         "train.cpu_threads",
         "train.resume",
         "train.save_steps",
-        "evaluate.llm.base_url",
         "evaluate.llm.api_key_env",
         "evaluate.llm.concurrency",
         "evaluate.llm.request_timeout",
