@@ -62,8 +62,9 @@ EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 # timeouts and retries, resume and checkpoint cadence, pass/fail gates that are not recorded, and vLLM's
 # memory and graph settings. The endpoints are not among them: who answers decides the rewrites and
 # verdicts (a dry run's stand-in, another model behind the same name), so pointing base_url elsewhere
-# reruns the stage, and the cache reuses only what the listed servers wrote. dvc.yaml lists every other key under its stage's params, so changing one of
-# these reruns nothing (tests/unit/test_config.py holds the two in step).
+# reruns the stage, and the cache reuses only what the listed servers wrote. dvc.yaml lists every other
+# key under its stage's params, so changing one of these reruns nothing (tests/unit/test_config.py holds
+# the two in step).
 OPERATIONAL_KEYS = frozenset(
     {
         "generate.api_key_env",

@@ -30,7 +30,7 @@ exactly K of them whatever the client's concurrency. Kinds, as real servers and 
     nochoices    200, a completion with "choices": []        nullcontent  200, "content": null
     truncated    the connection drops halfway through the body
     reset        the connection is reset (TCP RST) without a reply
-    prose        200, content that is prose, not a JSON verdict (a judge fault; a teacher takes it as text)
+    prose        200, prose, not a JSON verdict (a judge fault; a teacher rejects it as no rewrite)
     badkeys      200, a verdict with the wrong keys          badrange   200, a verdict with scores out of 0-10
     429-negative 429 with Retry-After: -1                    429-nan    429 with Retry-After: nan
     429-date     429 with Retry-After as an HTTP date (--retry-after S from now)
