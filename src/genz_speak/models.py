@@ -198,16 +198,24 @@ ENVIRONMENT_KEYS = frozenset(
 
 
 def strip_environment(folder: Path) -> None:
-    """Drop ENVIRONMENT_KEYS from a saved tokenizer_config.json (written as transformers writes it)."""
-    path = Path(folder) / "tokenizer_config.json"
-    if not path.is_file():
-        return
-    config = json.loads(path.read_text(encoding="utf-8"))
-    kept = {k: v for k, v in config.items() if k not in ENVIRONMENT_KEYS}
-    if kept != config:
-        path.write_text(
-            json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+    """Drop ENVIRONMENT_KEYS from a saved tokenizer_config.json, and put peft's target_modules in order in
+    adapter_config.json: peft writes them from a set, in the order of that process's string hashing
+    (PYTHONHASHSEED), so two identical adapters differed. Both rewritten as transformers writes them."""
+    for name, fix in (
+        ("tokenizer_config.json", lambda c: {k: v for k, v in c.items() if k not in ENVIRONMENT_KEYS}),
+        ("adapter_config.json", _sorted_targets),
+    ):
+        path = Path(folder) / name
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if (fixed := fix(config)) != config:
+                text = json.dumps(fixed, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                path.write_text(text, encoding="utf-8")
+
+
+def _sorted_targets(config: dict[str, Any]) -> dict[str, Any]:
+    targets = config.get("target_modules")
+    return {**config, "target_modules": sorted(targets)} if isinstance(targets, list) else config
 
 
 def save_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> None:
