@@ -8,28 +8,43 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genz_speak import chat_templates
 from genz_speak.config import EMBEDDED_STUDENT, ChatTemplate, Dtype
 from genz_speak.io import atomic_dir
-from genz_speak.models import EMBEDDED_GGUF, ensure_pad_token, keep_legacy, load_embedded_student, torch_dtype
+from genz_speak.models import (
+    EMBEDDED_GGUF,
+    ensure_pad_token,
+    keep_legacy,
+    load_embedded_student,
+    save_tokenizer,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
 
-def materialize_base_model(
-    name: str, out_dir: Path, dtype: Dtype, chat_template: ChatTemplate = "auto"
-) -> dict[str, Any]:
-    """Write the base model as a plain transformers folder (safetensors + tokenizer + chat template, and
-    a SentencePiece vocabulary's tokenizer.model, which llama.cpp's converter reads).
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model loaded and checked, not yet written: prepare checks everything before it writes."""
 
-    `name` is the embedded student, a local folder, or a hub id (needs a network). `chat_template`: see
-    `chat_templates`; the template chosen is written into the folder.
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    template: dict[str, Any]
+    spm: Path | None  # a SentencePiece vocabulary's tokenizer.model, which llama.cpp's converter reads
+    info: dict[str, Any]
+
+
+def load_base_model(name: str, dtype: Dtype, chat_template: ChatTemplate = "auto") -> BaseModel:
+    """Load the base model and give it the chat template `chat_template` chooses (see `chat_templates`).
+
+    `name` is the embedded student, a local folder, or a hub id (needs a network).
     """
     from transformers import AutoModelForCausalLM
 
@@ -43,21 +58,36 @@ def materialize_base_model(
         origin = name
     template = chat_templates.assign(tok, model, chat_template, name)
     ensure_pad_token(tok)
-    spm = None if name == EMBEDDED_STUDENT else _tokenizer_model(name)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if spm is not None:  # transformers 5 does not write it; the converter's SentencePiece path needs it
-            shutil.copyfile(spm, tmp / "tokenizer.model")
-        chat_templates.write_source(tmp, template)
-    n_params = sum(p.numel() for p in model.parameters())
-    return {
+    info = {
         "origin": origin,
         "architecture": type(model).__name__,
-        "parameters": str(n_params),
+        "parameters": str(sum(p.numel() for p in model.parameters())),
         "dtype": dtype,
         "chat_template": template["source"],
     }
+    spm = None if name == EMBEDDED_STUDENT else _tokenizer_model(name)
+    return BaseModel(model, tok, template, spm, info)
+
+
+def save_base_model(base: BaseModel, out_dir: Path) -> None:
+    """Write the base model as a plain transformers folder (safetensors + tokenizer + chat template)."""
+    with atomic_dir(out_dir) as tmp:
+        base.model.save_pretrained(tmp, safe_serialization=True)
+        save_tokenizer(base.tokenizer, tmp)
+        if (
+            base.spm is not None
+        ):  # transformers 5 does not write it; the converter's SentencePiece path needs it
+            shutil.copyfile(base.spm, tmp / "tokenizer.model")
+        chat_templates.write_source(tmp, base.template)
+
+
+def materialize_base_model(
+    name: str, out_dir: Path, dtype: Dtype, chat_template: ChatTemplate = "auto"
+) -> dict[str, Any]:
+    """`load_base_model` then `save_base_model` (the tests' and benchmarks' one call); what to report."""
+    base = load_base_model(name, dtype, chat_template)
+    save_base_model(base, out_dir)
+    return base.info
 
 
 def _load_base_tokenizer(name: str) -> PreTrainedTokenizerBase:

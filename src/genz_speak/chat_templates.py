@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from genz_speak.config import ChatTemplate
-from genz_speak.errors import InputError
+from genz_speak.errors import ParamError
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,16 @@ def assign(tokenizer: Any, model: Any, choice: ChatTemplate, name: str) -> dict[
     own = tokenizer.chat_template is not None
     if choice == "own" or (choice == "auto" and own):
         if not own:
-            raise InputError(
-                f"params.yaml: prepare.chat_template: own, but {name} has no chat template; use auto (or "
-                "plain, chatml) to give a base model one"
+            raise ParamError(
+                "prepare.chat_template",
+                f"own, but {name} has no chat template; use auto (or plain, chatml) to give a base model one",
             )
         return {"source": "model", "new_token_ids": []}
     source = "plain" if choice == "auto" else choice
     if tokenizer.eos_token is None:
-        raise InputError(
-            f"params.yaml: prepare.chat_template: {source} ends every turn in the tokenizer's EOS, and "
-            f"{name}'s tokenizer has none"
+        raise ParamError(
+            "prepare.chat_template",
+            f"{source} ends every turn in the tokenizer's EOS, and {name}'s tokenizer has none",
         )
     if own:
         log.warning("prepare.chat_template: %s replaces %s's own chat template", source, name)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genz_speak.cache import AppendLog, read_jsonl_tolerant
 from genz_speak.config import Dtype
 from genz_speak.data.chat import render, user_message
-from genz_speak.io import AppendLog, read_jsonl_tolerant
 from genz_speak.models import device, inference_dtype, load_causal_lm, load_tokenizer, model_fingerprint
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ class Completion:
     text: str
     tokens_in: int
     tokens_out: int
+    finish_reason: str = "stop"  # "length" when max_new_tokens cut it off before an end-of-sequence token
 
 
 class ChatGenerator:
@@ -34,6 +35,11 @@ class ChatGenerator:
     def __init__(self, model: str | Path, dtype: Dtype = "float32", loaded: PreTrainedModel | None = None):
         self.tokenizer = load_tokenizer(model, padding_side="left")  # left: new tokens follow each prompt
         self.model = loaded if loaded is not None else load_causal_lm(model, dtype)
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        return {i for i in ids if i is not None}
 
     def generate(
         self,
@@ -71,11 +77,14 @@ class ChatGenerator:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             new = gen[:, enc["input_ids"].shape[1] :]
+            eos = self._eos_ids()
             for row, i in enumerate(idx):
                 ids = new[row]
                 n_out = int((ids != self.tokenizer.pad_token_id).sum())
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                results[i] = Completion(text, int(enc["attention_mask"][row].sum()), n_out)
+                # A row stops early only on an end-of-sequence token: without one it ran out of tokens.
+                finish = "stop" if any(t in eos for t in ids.tolist()) else "length"
+                results[i] = Completion(text, int(enc["attention_mask"][row].sum()), n_out, finish)
         return [results[i] for i in range(len(conversations))]
 
 

@@ -153,6 +153,42 @@ def keep_legacy(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     return tok
 
 
+# Keys transformers records in tokenizer_config.json about how the tokenizer was loaded (HF_HUB_OFFLINE,
+# a local path or a hub id, a cache folder), not what it is: left in, identical weights and tokenizers
+# would hash differently from one machine or shell to the next, and DVC would rerun everything downstream.
+ENVIRONMENT_KEYS = frozenset(
+    {"local_files_only", "is_local", "cache_dir", "token", "use_auth_token", "force_download", "proxies",
+     "resume_download", "_commit_hash", "subfolder"}
+)  # fmt: skip
+
+
+def strip_environment(folder: Path) -> None:
+    """Drop ENVIRONMENT_KEYS from a saved tokenizer_config.json, and put peft's target_modules in order in
+    adapter_config.json: peft writes them from a set, in the order of that process's string hashing
+    (PYTHONHASHSEED), so two identical adapters differed. Both rewritten as transformers writes them."""
+    for name, fix in (
+        ("tokenizer_config.json", lambda c: {k: v for k, v in c.items() if k not in ENVIRONMENT_KEYS}),
+        ("adapter_config.json", _sorted_targets),
+    ):
+        path = Path(folder) / name
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if (fixed := fix(config)) != config:
+                text = json.dumps(fixed, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                path.write_text(text, encoding="utf-8")
+
+
+def _sorted_targets(config: dict[str, Any]) -> dict[str, Any]:
+    targets = config.get("target_modules")
+    return {**config, "target_modules": sorted(targets)} if isinstance(targets, list) else config
+
+
+def save_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Save a tokenizer with nothing in it that depends on the environment it was loaded in."""
+    tok.save_pretrained(folder)
+    strip_environment(folder)
+
+
 def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM for the offline judge (float32, eval): the embedded student, a local folder or a hub id.
     The judge's own model, whatever the run's student is, so its scores compare across experiments."""

@@ -186,13 +186,15 @@ def test_a_sentinel_key_never_lands_in_the_repo(repo: Path) -> None:
     # the key was really used: every request carried it, none was refused
     assert all(s["answered"] == s["requests"] > 0 and "unauthorized" not in s for s in seen), seen
     assert sentinel not in proc.stdout + proc.stderr
-    files = [p for p in repo.rglob("*") if p.is_file() and not p.is_symlink()]
+    cache = Path(os.environ["GENZ_SPEAK_CACHE"])  # the shared caches, outside the repo
+    files = [p for d in (repo, cache) for p in d.rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(files) > 50 and any(".dvc/cache" in str(p) for p in files)
+    assert (cache / "generate.jsonl").is_file() and (cache / "judge.jsonl").is_file()
     assert [p for p in files if sentinel.encode() in p.read_bytes()] == []
     assert os.environ.get("GENZ_SENTINEL_KEY") is None
 
 
-def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
+def test_what_a_failed_stage_leaves_under_repro(repo: Path, own_cache: Path) -> None:
     """README's "When things go wrong", checked (issue 15, defect 9: it said a stage stopped by bad params
     leaves its outputs untouched; under `dvc repro` DVC has removed them before the stage starts)."""
     committed = (repo / "params.yaml").read_text()
@@ -202,6 +204,7 @@ def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
     assert refused.returncode != 0 and "duplicate key" in refused.stderr
     assert (repo / "metrics/generate.json").is_file()
 
+    sh(repo, "dvc", "repro", "-f", "generate")  # fills this test's shared cache
     set_param(repo, "generate", "batch_size", 0)
     failed = subprocess.run(
         ["dvc", "repro"], cwd=repo, env=python_env(), capture_output=True, text=True, timeout=600
@@ -211,8 +214,9 @@ def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
     # DVC removed the failed stage's outputs, cached or not, before its command ran ...
     for out in ("data/generate/genz_dataset.jsonl", "data/generate/rejects.jsonl", "metrics/generate.json"):
         assert not (repo / out).exists(), out
-    # ... and nothing else: the caches under .cache/ and the other stages' outputs are all there.
-    assert (repo / ".cache/generate.jsonl").is_file() and (repo / ".cache/answers.jsonl").is_file()
+    # ... and nothing else: the shared caches and the other stages' outputs are all there.
+    assert (own_cache / "generate.jsonl").is_file()
+    assert (repo / "models/train").is_dir() and (repo / "metrics/evaluate.json").is_file()
     assert (repo / "models/train").is_dir() and (repo / "metrics/evaluate.json").is_file()
 
     (repo / "params.yaml").write_text(committed)
@@ -232,3 +236,30 @@ def test_pull_from_a_remote_nobody_pushed_to_brings_nothing(repo: Path, tmp_path
     pull = subprocess.run(["dvc", "pull"], cwd=clone, env=python_env(), capture_output=True, text=True)
     assert pull.returncode != 0 and not (clone / "models/merge").exists()
     assert "Data and pipelines are up to date" not in sh(clone, "dvc", "status")
+
+
+def test_a_forced_rerun_with_the_same_result_reruns_nothing_downstream(repo: Path) -> None:
+    """Issue 23, point 12: export reran after `dvc repro -f generate` because metrics/generate.json, one
+    of its dependencies, held wall-clock time. How a run went now goes to metrics/run/ (no stage reads
+    it), so the same dataset leaves everything downstream up to date."""
+    before = (repo / "metrics/generate.json").read_bytes()
+    assert ran(sh(repo, "dvc", "repro", "-f", "generate")) == ["generate"]
+    assert (repo / "metrics/generate.json").read_bytes() == before
+    assert json.loads((repo / "metrics/run/generate.json").read_text())["wall_s"] >= 0
+    assert ran(sh(repo, "dvc", "repro")) == []
+
+
+def test_experiments_share_the_teachers_cache(repo: Path) -> None:
+    """Issue 23, point 9: a queued or temporary experiment ran in a workspace without .cache and paid for
+    every teacher request again. The rewrites are in the shared cache ($GENZ_SPEAK_CACHE), which every
+    workspace reads: an experiment that reruns generate with the same requests sends none."""
+    with served("rules") as url:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["generate"].update(teacher="openai", model="rules", base_url=url)
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh(repo, "git", "commit", "-qam", "openai teacher")
+        assert ran(sh(repo, "dvc", "repro", "generate")) == ["generate"]
+        paid = server_stats(url)["requests"]
+        out = sh(repo, "dvc", "exp", "run", "--temp", "-S", "generate.validation.min_chars=9", "generate")
+        assert "generate" in ran(out)
+        assert server_stats(url)["requests"] == paid > 0  # the experiment's rewrites all came from the cache

@@ -252,7 +252,7 @@ def test_own_template_required_of_a_base_model_names_the_key(
 ) -> None:
     from genz_speak.base_model import materialize_base_model
 
-    with pytest.raises(InputError, match=r"^params.yaml: prepare.chat_template: own, but .* has no chat"):
+    with pytest.raises(InputError, match=r"params.yaml: prepare.chat_template: own, but .* has no chat"):
         materialize_base_model(str(families["llama_spm"]), tmp_path / "base", "float32", "own")
     assert not (tmp_path / "base").exists()
     with pytest.raises(InputError, match=r"prepare.chat_template"):

@@ -165,7 +165,7 @@ def test_what_the_converter_cannot_take_is_one_line_naming_it(
     tok.save_pretrained(opt)
     with pytest.raises(InputError, match=r"^export: model_type 'opt' \(OPTForCausalLM\) is not one llama"):
         _convert(opt, tmp_path / "x", formats=("f16",))
-    with pytest.raises(InputError, match=r"^params.yaml: export.tokenizer_pre: .* \(hash [0-9a-f]{64}\)"):
+    with pytest.raises(InputError, match=r"params.yaml: export.tokenizer_pre: .* \(hash [0-9a-f]{64}\)"):
         _convert(families["llama3"], tmp_path / "y", formats=("f16",))
     assert not list((tmp_path / "y").glob("*.gguf"))
 

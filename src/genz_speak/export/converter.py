@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genz_speak.errors import InputError, StageFailed
+from genz_speak.errors import InputError, ParamError, StageFailed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -165,10 +165,11 @@ def convert(
         )
     pre = re.search(r"^GGUF_PRE (\S+) (\S+) (\S+)$", log, re.M)
     if pre and pre.group(3) == "unrecognised":
-        raise InputError(
-            "params.yaml: export.tokenizer_pre: llama.cpp's converter does not recognise this tokenizer's "
+        raise ParamError(
+            "export.tokenizer_pre",
+            "llama.cpp's converter does not recognise this tokenizer's "
             f"pre-tokenizer (hash {pre.group(2)}); name the llama.cpp pre-tokenizer it uses (llama-bpe, "
-            "qwen2, smollm, gpt-2, ...)"
+            "qwen2, smollm, gpt-2, ...)",
         )
     missing = [fmt for fmt, path in files.items() if not path.is_file()]
     if proc.returncode != 0 or missing:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from genz_speak.errors import InputError
+from genz_speak.errors import ParamError
 from genz_speak.io import atomic_dir, atomic_open
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ def cached_lm(name: str, cache_dir: Path, layers: int) -> Path:
     if not (folder / "config.json").is_file():
         model, tokenizer = load_judge_lm(name)
         if layers > model.config.num_hidden_layers:
-            raise InputError(
-                f"params.yaml: evaluate.offline.lm_layers: {name} has {model.config.num_hidden_layers} "
-                f"layers, not {layers}"
+            raise ParamError(
+                "evaluate.offline.lm_layers",
+                f"{name} has {model.config.num_hidden_layers} layers, not {layers}",
             )
         model.model.layers = model.model.layers[:layers]
         model.config.num_hidden_layers = layers

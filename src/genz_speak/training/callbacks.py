@@ -61,8 +61,8 @@ def step_clock() -> Any:
 def sample_callback(questions: list[dict[str, Any]], tokenizer: Any, path: Path, max_new_tokens: int) -> Any:
     from transformers import TrainerCallback
 
+    from genz_speak.cache import AppendLog
     from genz_speak.data.chat import render, user_message
-    from genz_speak.io import AppendLog
 
     class SampleAnswers(TrainerCallback):
         """Greedy answers to fixed validation questions before training and at each evaluation, appended to
