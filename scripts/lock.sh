@@ -41,6 +41,7 @@ printf '%s\n' torch==2.11.0 transformers==5.17.0 peft==0.21.0 accelerate==1.15.0
 {
     echo "# GPU lock (Python 3.12, Linux x86_64), written by scripts/lock.sh from pyproject.toml's gpu extra: do"
     echo "# not edit by hand. Install: pip install -c requirements/gpu.lock -e \".[gpu]\""
-    cat "$TMP/gpu.lock"
+    # uv names the constraints file by its path: a temporary one would change the lock on every run.
+    sed "s|$TMP/gpu-machine.txt|gpu-machine.txt|" "$TMP/gpu.lock"
 } >requirements/gpu.lock
 wc -l requirements/*.lock

@@ -46,6 +46,12 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts) a group runs on one worker: a test
+    # file is one group, so its module fixtures (a whole pipeline run in test_stages) are built once, and
+    # tests/pipeline is one, so its session template (a DVC repo after `dvc repro`) is too.
+    for item in items:
+        rel = item.path.relative_to(ROOT / "tests")
+        item.add_marker(pytest.mark.xdist_group(rel.parts[0] if rel.parts[0] == "pipeline" else str(rel)))
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs CUDA (gpu marker)")
