@@ -62,7 +62,8 @@ def tiny_params(tiny_model: Path) -> dict[str, Any]:
     p["train"].update(
         max_steps=2, batch_size=2, max_seq_length=384, logging_steps=1, cpu_threads=1, learning_rate=1e-3
     )
-    p["evaluate"].update(max_validation=2, max_new_tokens=8, bootstrap_samples=200)
+    p["evaluate"].update(max_validation=2, bootstrap_samples=200)
+    p["evaluate"]["decoding"].update(max_new_tokens=8)
     return p
 
 

@@ -235,6 +235,10 @@ class TrainConfig:
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     optimizer: Literal["adamw_torch", "adamw_8bit"] = "adamw_torch"
     gradient_checkpointing: bool = False
+    # CPU only (CUDA trains bf16 anyway): bf16 autocast over a bf16 base with fp32 LoRA weights. "auto" takes
+    # bf16 where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16: 2x fp32 here) and fp32 elsewhere,
+    # where bf16 is emulated and slower than fp32.
+    cpu_precision: Literal["auto", "fp32", "bf16"] = "auto"
     logging_steps: PositiveInt = 5
     eval_steps: PositiveInt | None = None
     seed: int = 42
@@ -306,11 +310,26 @@ class LLMJudgeConfig:
 
 
 @dataclass(config=_STRICT)
+class DecodingConfig:
+    """How the student answers: evaluate's decoding, and `genz-speak chat`'s defaults."""
+
+    max_new_tokens: PositiveInt = 128
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0  # 0: greedy
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # sampling only
+    seed: int = 0  # sampling only: each batch samples from torch's generator seeded with this
+    repetition_penalty: Annotated[float, Field(ge=1.0)] = 1.2
+    # Whether the repetition penalty and the n-gram ban count the prompt's tokens (transformers' default).
+    # A chat prompt ends each turn with the end-of-turn token, so counted, the penalty makes stopping less
+    # likely at every step; and an answer may not restate the question's own phrases under the ban.
+    count_prompt: bool = True
+    no_repeat_ngram_size: NonNegInt = 0  # > 0: no n-gram of this size twice in the answer (0: off)
+
+
+@dataclass(config=_STRICT)
 class EvaluateConfig:
     judge: Literal["offline", "openai", "both"] = "offline"
     max_validation: NonNegInt = 10
-    max_new_tokens: PositiveInt = 128
-    repetition_penalty: Annotated[float, Field(ge=1.0)] = 1.2
+    decoding: DecodingConfig = DecodingConfig()
     batch_size: PositiveInt = 10
     seed: int = 0
     bootstrap_samples: PositiveInt = 2000

@@ -142,13 +142,10 @@ def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
     )
     dataset = read_dataset(paths.dataset)
     corpus = read_corpus(paths.corpus)
-    decoding = {
-        "max_new_tokens": cfg.max_new_tokens,
-        "repetition_penalty": cfg.repetition_penalty,
-        "batch_size": cfg.batch_size,
-    }
-    base_answers = answer_questions(paths.base, qs, paths.answer_cache, **decoding)
-    gen_answers = answer_questions(paths.merged, qs, paths.answer_cache, **decoding)
+    decoding = {"decoding": cfg.decoding, "batch_size": cfg.batch_size}
+    base = answer_questions(paths.base, qs, paths.answer_cache, **decoding)
+    gen = answer_questions(paths.merged, qs, paths.answer_cache, **decoding)
+    base_answers, gen_answers = [a.text for a in base], [a.text for a in gen]
     records = build_records(qs, base_answers, gen_answers, {r["id"]: r["output"] for r in dataset})
     write_jsonl(
         paths.out_dir / "answers.jsonl",
@@ -158,10 +155,12 @@ def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
                 "set": q["set"],
                 "question": user_message(q),
                 "reference": q["response"],
-                "base_model": b,
-                "gen": g,
+                "base_model": b.text,
+                "gen": g.text,
+                "base_model_ended": b.ended,
+                "gen_ended": g.ended,
             }
-            for q, b, g in zip(qs, base_answers, gen_answers, strict=True)
+            for q, b, g in zip(qs, base, gen, strict=True)
         ],
     )
     metrics: dict[str, Any] = {"questions": len(qs), "judges": []}
@@ -179,7 +178,9 @@ def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
             )
             for c in CRITERIA
         }
-    metrics["surface"] = summary.surface(records)
+    metrics["surface"] = summary.surface(
+        records, {"base_model": [a.ended for a in base], "gen": [a.ended for a in gen]}
+    )
     for name, rows in summary.plot_data(metrics, records, CRITERIA).items():
         write_json(paths.plots_dir / f"{name}.json", rows)
     write_jsonl(

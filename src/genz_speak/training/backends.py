@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError
-from genz_speak.training import attention, distributed
+from genz_speak.training import attention, cpu, distributed
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Prepared:
     model: Any
     tokenizer: Any
     peft_config: Any  # None when the backend already wrapped the model
+    precision: cpu.Precision  # CUDA always trains under bf16 autocast; the CPU as train.cpu_precision says
 
 
 def lora_kwargs(cfg: TrainConfig, num_layers: int) -> dict[str, Any]:
@@ -64,7 +65,11 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     from genz_speak.models import load_tokenizer
 
     cuda = torch.cuda.is_available()
-    compute = torch.bfloat16 if cuda else torch.float32
+    precision = "bf16" if cuda else cpu.resolve_precision(cfg.cpu_precision)
+    # bf16 on the CPU: the frozen base stored in bf16 (autocast would cast every fp32 weight again in each
+    # forward, since it caches casts only of weights that train), the LoRA weights in fp32 (peft upcasts
+    # adapters by default), so small updates are not rounded away.
+    compute = torch.bfloat16 if precision == "bf16" else torch.float32
     kwargs: dict[str, Any] = {"dtype": compute}
     attn = cfg.attn_implementation or (attention.VARLEN if cfg.padding_free_batches else None)
     if attn == attention.VARLEN:
@@ -86,7 +91,10 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     tok = load_tokenizer(base)
     return Prepared(
-        model, tok, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(cfg, model.config.num_hidden_layers))
+        model,
+        tok,
+        LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(cfg, model.config.num_hidden_layers)),
+        precision,
     )
 
 
@@ -111,7 +119,7 @@ def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
         random_state=cfg.seed,
         **lora_kwargs(cfg, model.config.num_hidden_layers),
     )
-    return Prepared(model, ensure_pad_token(tok), None)
+    return Prepared(model, ensure_pad_token(tok), None, "bf16")
 
 
 def load(backend: Backend, base: Path, cfg: TrainConfig) -> Prepared:

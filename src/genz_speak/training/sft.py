@@ -12,7 +12,7 @@ from typing import Any
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError, StageFailed
-from genz_speak.training import attention, backends, distributed
+from genz_speak.training import attention, backends, cpu, distributed, loss
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,11 @@ def sft_args(
     accum: int,
     truncate_here: bool,
     evaluate: bool,
+    precision: cpu.Precision,
 ) -> Any:
     """TRL's SFTConfig for `cfg`: `micro` rows per device step, `accum` accumulation steps; with
-    `truncate_here`, rows are cut by `truncate` rather than by TRL."""
+    `truncate_here`, rows are cut by `truncate` rather than by TRL; under bf16 autocast when `precision` is
+    bf16 (always on CUDA)."""
     import torch
     from trl import SFTConfig
 
@@ -173,7 +175,7 @@ def sft_args(
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not cuda,
-        bf16=cuda,
+        bf16=precision == "bf16",
         report_to="none",
         dataloader_num_workers=0,
         # Every LoRA weight takes part in each forward pass: DDP need not search the graph for unused ones.
@@ -215,8 +217,12 @@ def build_trainer(
     micro, accum = plan_micro_batch(cfg, model, processes)
     # TRL bounds row length by packing or padding; padding-free batches without packing leave it to us.
     truncate_here = bool(padding_free) and not cfg.packing
-    args = sft_args(cfg, backend, work_dir, micro, accum, truncate_here, eval_dataset is not None)
-    trainer = SFTTrainer(
+    args = sft_args(
+        cfg, backend, work_dir, micro, accum, truncate_here, eval_dataset is not None, prepared.precision
+    )
+    # Unsloth brings its own loss kernels; elsewhere the loss is computed on the trained positions alone.
+    own_loss = backend == "transformers" and loss.supports(model)
+    trainer = (loss.trainer_class(SFTTrainer) if own_loss else SFTTrainer)(
         model=model,
         args=args,
         train_dataset=train_dataset,
