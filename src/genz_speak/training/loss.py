@@ -5,8 +5,8 @@ projects every position of the batch (prompt and padding included) through the 4
 computes each position's entropy and top-1 accuracy for its logs, and runs the head's gradient GEMMs in
 fp32. On the CPU that was most of a step beyond the model itself (the profile in BENCHMARKS.md). Here the
 head projects only the positions whose next token is trained (the completion: about 44% of the embedded
-data's tokens), in the autocast dtype, and the loss is cross-entropy in fp32; more than CHUNK such
-positions are scored in chunks under checkpointing, so memory stays bounded at long rows.
+data's tokens), in the autocast dtype, with the softmax in fp32, fused with its own gradient (`FusedNLL`):
+chunks of CHUNK positions, no logits kept for the backward pass, so memory stays bounded at long rows.
 
 Evaluation also records, per validation row, the probability the model gives the end-of-turn token where
 the answer ends (teacher-forced): whether the model learned to stop (`eval_end_of_turn_prob`).
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-CHUNK = 2048  # positions per LM-head chunk: 2048 x 49,152 fp32 logits are 400 MB
+CHUNK = 1024  # positions per LM-head chunk: 1024 x 49,152 fp32 logits are 200 MB
 # Config keys that change logits beyond the LM head (TRL's fused head applies them; this loss does not).
 _SCALED = (
     "final_logit_softcapping",
@@ -38,26 +39,51 @@ class CompletionOutput:
     logits: Any = None  # the Trainer's prediction step reads it; never built here
 
 
-def _chunk_nll(hidden: Any, weight: Any, targets: Any) -> Any:
+def completion_nll(hidden: Any, weight: Any, targets: Any, chunk: int = CHUNK) -> Any:
+    """-log p(target) of each row of `hidden` (n, H) under the frozen LM head `weight` (V, H), in the
+    autocast dtype where autocast is on; the softmax in fp32. A head that trains (its weight requires
+    grad) takes the plain path: the fused one gives no gradient for the weight."""
     import torch.nn.functional as F
 
-    # Under autocast the projection runs in bf16 and cross_entropy upcasts to fp32 (autocast's fp32 list).
-    return F.cross_entropy(F.linear(hidden, weight), targets, reduction="none")
+    if weight.requires_grad:
+        return F.cross_entropy(F.linear(hidden, weight), targets, reduction="none")
+    return _fused_nll_class().apply(hidden, weight, targets, chunk)
 
 
-def completion_nll(hidden: Any, weight: Any, targets: Any, chunk: int = CHUNK) -> Any:
-    """-log p(target) of each row of `hidden` (n, H) under the LM head `weight` (V, H)."""
+@cache  # one class: torch is imported only once training runs
+def _fused_nll_class() -> Any:
     import torch
-    from torch.utils.checkpoint import checkpoint
 
-    if hidden.shape[0] <= chunk:
-        return _chunk_nll(hidden, weight, targets)
-    # Each chunk's logits are rebuilt in the backward pass rather than kept: n x V floats would be kept.
-    parts = [
-        checkpoint(_chunk_nll, h, weight, t, use_reentrant=False)
-        for h, t in zip(hidden.split(chunk), targets.split(chunk), strict=True)
-    ]
-    return torch.cat(parts)
+    class FusedNLL(torch.autograd.Function):
+        """The LM head and its cross-entropy in one pass: each chunk's logits are built once, turned into
+        the loss and, when a gradient is wanted, straight into the gradient of its hidden states
+        ((softmax - onehot) @ W, per position), and dropped. The backward only scales that gradient:
+        no logits kept between the passes, no second projection, no log-softmax backward."""
+
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, chunk: int) -> Any:
+            on = torch.is_autocast_enabled(hidden.device.type)
+            dtype = torch.get_autocast_dtype(hidden.device.type) if on else hidden.dtype
+            w = weight.to(dtype)
+            nll, grads = [], []
+            for h, t in zip(hidden.split(chunk), targets.split(chunk), strict=True):
+                logits = torch.mm(h.to(dtype), w.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                nll.append(lse - logits.gather(1, t[:, None]).squeeze(1))
+                if ctx.needs_input_grad[0]:
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                    grads.append(torch.mm(probs.to(dtype), w).to(hidden.dtype))
+            if grads:
+                ctx.save_for_backward(torch.cat(grads))
+            return torch.cat(nll) if nll else hidden.new_zeros(0, dtype=torch.float32)
+
+        @staticmethod
+        def backward(ctx: Any, grad_nll: Any) -> Any:
+            (grad_hidden,) = ctx.saved_tensors
+            return grad_nll[:, None].to(grad_hidden.dtype) * grad_hidden, None, None, None
+
+    return FusedNLL
 
 
 def supports(model: Any) -> bool:

@@ -192,10 +192,12 @@ def build_trainer(
     work_dir: Path,
     callbacks: list[Any],
     processes: int = 1,
+    *,
+    trl_loss: bool = False,
 ) -> tuple[Any, int, int]:
     """The SFTTrainer for `cfg`, and the (micro-batch, accumulation) each of `processes` data-parallel
     processes uses. Datasets may hold conversational prompt-completion rows or pre-tokenized `input_ids` +
-    `completion_mask`."""
+    `completion_mask`. `trl_loss` keeps TRL's own loss (the benchmark's "before")."""
     from trl import SFTTrainer
 
     model = prepared.model
@@ -221,7 +223,7 @@ def build_trainer(
         cfg, backend, work_dir, micro, accum, truncate_here, eval_dataset is not None, prepared.precision
     )
     # Unsloth brings its own loss kernels; elsewhere the loss is computed on the trained positions alone.
-    own_loss = backend == "transformers" and loss.supports(model)
+    own_loss = backend == "transformers" and loss.supports(model) and not trl_loss
     trainer = (loss.trainer_class(SFTTrainer) if own_loss else SFTTrainer)(
         model=model,
         args=args,
