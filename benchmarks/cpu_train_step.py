@@ -20,7 +20,9 @@ Cases, each in its own process (its peak RSS is its own; no autocast or thread s
 
 Shapes of the bare, trl and pipeline cases: --rows rows x --seq tokens per step (8 x 256), random ids,
 the first 40% of each row masked as the prompt. Tokens/s = tokens fed to the model (padding excluded)
-over the timed steps' own time, after --warmup steps; peak RSS of the case's process.
+over the timed steps' own time, after --warmup steps; tokens per CPU-second divides by the CPU time the
+process spent instead (with --threads 1, a measure of work that a busy machine disturbs less); peak RSS of
+the case's process.
 """
 
 from __future__ import annotations
@@ -68,15 +70,17 @@ def bare_case(args: argparse.Namespace, mode: str, profile: bool) -> dict[str, A
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times = []
+    times, cpu = [], []
     with _profiler(profile) as prof:
         for i in range(args.warmup + args.steps):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
             prof.step()
-    return {"tokens": args.rows * args.seq * args.steps, "seconds": sum(times), "profile": _table(prof)}
+    tokens = args.rows * args.seq * args.steps
+    return {"tokens": tokens, "seconds": sum(times), "cpu_seconds": sum(cpu), "profile": _table(prof)}
 
 
 def shaped_rows(args: argparse.Namespace, vocab: int) -> list[dict[str, list[int]]]:
@@ -116,12 +120,14 @@ def trainer_case(args: argparse.Namespace, case: str, profile: bool) -> dict[str
     clock = callbacks.step_clock(lambda: int(getattr(trainer, "_total_train_tokens", 0)))
     trainer.add_callback(clock)
     with _profiler(profile) as prof:
-        trainer.add_callback(_ProfilerStep(prof))
+        step = _ProfilerStep(prof)
+        trainer.add_callback(step)
         trainer.train()
     timed = slice(args.warmup, None)
     return {
         "tokens": sum(clock.tokens[timed]),
         "seconds": sum(clock.durations[timed]),
+        "cpu_seconds": sum(step.cpu[timed]),
         "precision": prepared.precision,
         "padding": _padding(trainer, args),
         "profile": _table(prof),
@@ -204,7 +210,17 @@ def _ProfilerStep(prof: Any) -> Any:
     from transformers import TrainerCallback
 
     class Step(TrainerCallback):
+        """Steps the profiler, and times each step in CPU seconds of this process (all its threads)."""
+
+        def __init__(self) -> None:
+            self.cpu: list[float] = []
+            self._start = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._start = time.process_time()
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.cpu.append(time.process_time() - self._start)
             prof.step()
 
     return Step()
@@ -258,15 +274,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
         f"shapes: {args.rows} x {args.seq} tokens per step (bare, trl, pipeline); {args.steps} timed steps\n"
     )
-    print("| case | tokens/s | s/step | × bare-bf16 | padding | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print("| case | tokens/s | s/step | × bare-bf16 | tokens per CPU-s | padding | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         rate = r["tokens"] / r["seconds"]
         ratio = f"{rate / (bare['tokens'] / bare['seconds']):.2f}" if bare else "–"
         padding = f"{r['padding']:.0%}" if r.get("padding") is not None else "–"
         print(
-            f"| {r['case']} | {rate:.0f} | {r['seconds'] / args.steps:.2f} | {ratio} | {padding} "
-            f"| {r['peak_rss_mb']:.0f} |"
+            f"| {r['case']} | {rate:.0f} | {r['seconds'] / args.steps:.2f} | {ratio} "
+            f"| {r['tokens'] / r['cpu_seconds']:.0f} | {padding} | {r['peak_rss_mb']:.0f} |"
         )
     for r in results:
         if r.get("profile"):

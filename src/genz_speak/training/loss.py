@@ -132,8 +132,14 @@ def trainer_class(base: type) -> type:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
+            from peft.helpers import disable_input_dtype_casting
+
             mode = "train" if self.model.training else "eval"
-            out = model(**inputs, completion_only=True)
+            # Under autocast, peft's LoRA layers would cast each input to their fp32 weights' dtype and
+            # keep that copy for the backward pass: 7 fp32 copies per layer, most of the step's memory.
+            # Autocast casts for the matrix multiply anyway (the weights' casts are cached per step).
+            with disable_input_dtype_casting(model, active=self.args.bf16 or self.args.fp16):
+                out = model(**inputs, completion_only=True)
             count = out.targets.numel() if num_items_in_batch is None else num_items_in_batch
             loss = out.nll.sum() / torch.as_tensor(count).clamp(min=1)
             # As TRL and the Trainer do: num_items_in_batch counts every rank's tokens and DDP averages.
