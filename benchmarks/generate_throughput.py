@@ -58,9 +58,9 @@ def timed_generate(cfg: GenerateConfig, rows: list[dict[str, Any]], work: Path) 
         "end_to_end_s": round(end - start, 1),
         "rows_ok": metrics["rows"],
         "rejected": metrics["rejected"],
-        "tokens_out": metrics["tokens_out"],
+        "tokens_out": metrics["run"]["tokens_out"],
         "rows_per_s": round(len(rows) / (end - ready), 2),
-        "tokens_per_s": round(metrics["tokens_out"] / (end - ready), 1),
+        "tokens_per_s": round(metrics["run"]["tokens_out"] / (end - ready), 1),
         "samples": [{"source": d["source_response"][:200], "output": d["output"][:300]} for d in dataset[:3]],
     }
 

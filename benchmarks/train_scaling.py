@@ -103,7 +103,7 @@ def run(
         sys.executable, str(ROOT / "stages/train.py"), "--params", str(work / f"{name}.yaml"),
         "--dataset", str(work / "dataset.jsonl"), "--base", str(base), "--out", str(out / "adapter"),
         "--live-dir", str(out / "live"), "--metrics", str(out / "train.json"),
-        "--work-dir", str(out / "work"),
+        "--run-info", str(out / "run.json"), "--work-dir", str(out / "work"),
     ]  # fmt: skip
     start = time.perf_counter()
     try:
@@ -114,7 +114,7 @@ def run(
     (work / f"{name}.log").write_text(err)
     if rc != 0:
         return {"backend": backend, "processes": processes, "error": err.strip().splitlines()[-1][:300]}
-    m = json.loads((out / "train.json").read_text())
+    m = {**json.loads((out / "train.json").read_text()), **json.loads((out / "run.json").read_text())}
     loss = [line.split("\t") for line in (out / "live/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     return {
         "backend": backend,

@@ -124,8 +124,8 @@ def tinyllama_dir(root: Path, tokenizer_dir: Path | None = None) -> Path:
 
 
 def materialize_base_model_cached(root: Path) -> Path:
+    from genz_speak.base_model import materialize_base_model
     from genz_speak.config import EMBEDDED_STUDENT
-    from genz_speak.models import materialize_base_model
 
     out = root / "student"
     if not (out / "config.json").is_file():

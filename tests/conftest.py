@@ -11,6 +11,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import tempfile
+
+# The shared caches (`cache.cache_root`: rewrites, verdicts, answers, the offline judge's models) of a test
+# session live in a temporary folder, never in ~/.cache; each test gets its own (`own_cache` below), so no
+# test reuses another's rewrites or verdicts. Session- and module-scoped fixtures share this one.
+os.environ["GENZ_SPEAK_CACHE"] = tempfile.mkdtemp(prefix="genz-speak-cache-")
+
 import copy
 import importlib.util
 import shlex
@@ -47,10 +54,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's shared-cache folder ($GENZ_SPEAK_CACHE; stage subprocesses inherit it)."""
+    cache = tmp_path / "genz-speak-cache"
+    monkeypatch.setenv("GENZ_SPEAK_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 Llama with random weights and SmolLM2's tokenizer and chat template."""
     return tiny.llama(tmp_path_factory.mktemp("tiny-model"), tiny.student_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The five tiny student families (`genz_speak.testing.tiny.FAMILIES`), built once: a few seconds."""
+    root = tmp_path_factory.mktemp("families")
+    return {name: tiny.family(name, root / name) for name in tiny.FAMILIES}
 
 
 def tiny_params(tiny_model: Path) -> dict[str, Any]:
@@ -72,11 +94,14 @@ def tiny_params_dict(tiny_model: Path) -> dict[str, Any]:
     return tiny_params(tiny_model)
 
 
-def python_env() -> dict[str, str]:
-    """Environment for subprocesses: this interpreter's bin first on PATH (dvc.yaml runs `python`)."""
+def python_env(cache: Path | None = None) -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first on PATH (dvc.yaml runs `python`); the
+    shared cache is this test's, or `cache`."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
+    if cache is not None:
+        env["GENZ_SPEAK_CACHE"] = str(cache)
     return env
 
 
@@ -131,10 +156,14 @@ def served(model: str | Path, *options: str, env: dict[str, str] | None = None) 
         proc.wait(timeout=30)
 
 
-# The name metrics give each `genz-speak serve --faults` kind once the client has seen it.
+# The name metrics give each `genz-speak serve --faults` kind the clients retry, once they have seen it
+# (tests/stages/test_fault_matrix.py plays the other kinds: replies a teacher rejects or cleans, refusals).
 FAULT_LABELS = {
     "429": "HTTP 429",
     "429-bare": "HTTP 429",
+    "429-negative": "HTTP 429",  # Retry-After: -1, nan or an HTTP date
+    "429-nan": "HTTP 429",
+    "429-date": "HTTP 429",
     "500": "HTTP 500",
     "502": "HTTP 502",
     "503": "HTTP 503",
@@ -148,6 +177,10 @@ FAULT_LABELS = {
     "prose": "BadVerdict",  # the judge's; a teacher takes prose as a rewrite
     "badkeys": "BadVerdict",
     "badrange": "BadVerdict",
+    "length": "BadVerdict",  # a verdict cut off; a teacher rejects a cut-off reply instead
+    "jsonblob": "BadVerdict",
+    "unrelated": "BadVerdict",
+    "extrakeys": "BadVerdict",
 }
 TEACHER_FAULTS = [k for k in FAULT_LABELS if FAULT_LABELS[k] != "BadVerdict"]
 

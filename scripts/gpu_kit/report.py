@@ -65,7 +65,11 @@ def stage_table(r: Run) -> list[str]:
 def pipeline_results(r: Run) -> tuple[dict, list[str]]:
     """The metrics files this run wrote (for metrics.json), their top-level values and the export listing
     (summary). Files it did not write are git's copies, from another machine."""
-    files = [*sorted((ROOT / "metrics").glob("*.json")), ROOT / "dvclive/train/metrics.json"]
+    files = [
+        *sorted((ROOT / "metrics").glob("*.json")),
+        *sorted((ROOT / "metrics/run").glob("*.json")),  # how each run went: times, rates, memory
+        ROOT / "dvclive/train/metrics.json",
+    ]
     fresh = [f for f in files if f.is_file() and f.stat().st_mtime >= r.started]
     metrics = {str(f.relative_to(ROOT)): json.loads(f.read_text()) for f in fresh}
     lines = (

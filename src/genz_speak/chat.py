@@ -64,8 +64,9 @@ class ChatSession:
 
     def prompt(self, user_text: str) -> str:
         """The text the model would see for this user turn after the conversation so far."""
-        messages = [*self.history, {"role": "user", "content": user_text}]
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        from genz_speak.data.chat import render
+
+        return render(self.tokenizer, [*self.history, {"role": "user", "content": user_text}])
 
     def stream(self, user_text: str, stop: threading.Event | None = None) -> Iterator[str]:
         """Answer `user_text`, yielding text as tokens are generated; the turn and the answer (as far as

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genz_speak.cache import AppendLog, read_jsonl_tolerant
 from genz_speak.config import DecodingConfig, Dtype
-from genz_speak.data.chat import user_message
-from genz_speak.io import AppendLog, read_jsonl_tolerant
+from genz_speak.data.chat import render, user_message
 from genz_speak.models import device, inference_dtype, load_causal_lm, load_tokenizer, model_fingerprint
 
 if TYPE_CHECKING:
@@ -26,7 +26,12 @@ class Completion:
     text: str
     tokens_in: int
     tokens_out: int
-    ended: bool = True  # the model ended its turn itself, before max_new_tokens cut it
+    finish_reason: str = "stop"  # "length" when max_new_tokens cut it off before an end-of-sequence token
+
+    @property
+    def ended(self) -> bool:
+        """The model ended its turn itself, before max_new_tokens cut it."""
+        return self.finish_reason == "stop"
 
 
 class _AnswerOnly:
@@ -83,6 +88,11 @@ class ChatGenerator:
         self.tokenizer = load_tokenizer(model, padding_side="left")  # left: new tokens follow each prompt
         self.model = loaded if loaded is not None else load_causal_lm(model, dtype)
 
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        return {i for i in ids if i is not None}
+
     def generate(
         self,
         conversations: list[list[dict[str, str]]],
@@ -103,12 +113,7 @@ class ChatGenerator:
         results: dict[int, Completion] = {}
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            prompts = [
-                self.tokenizer.apply_chat_template(
-                    conversations[i], tokenize=False, add_generation_prompt=True
-                )
-                for i in idx
-            ]
+            prompts = [render(self.tokenizer, conversations[i]) for i in idx]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
                 device()
             )
@@ -127,25 +132,17 @@ class ChatGenerator:
                     **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **settings
                 )
             new = gen[:, prompt_length:]
-            stops = _stop_ids(self.model, self.tokenizer)
+            stops = self._eos_ids()
             for row, i in enumerate(idx):
                 ids = new[row].tolist()
                 # The turn ends at its first stop token; what follows it is padding (the same id, often).
+                # A row without one ran out of tokens.
                 end = next((k for k, t in enumerate(ids) if t in stops), None)
                 n_out = len(ids) if end is None else end
                 text = self.tokenizer.decode(ids[:n_out], skip_special_tokens=True).strip()
-                results[i] = Completion(
-                    text, int(enc["attention_mask"][row].sum()), n_out, ended=end is not None
-                )
+                finish = "length" if end is None else "stop"
+                results[i] = Completion(text, int(enc["attention_mask"][row].sum()), n_out, finish)
         return [results[i] for i in range(len(conversations))]
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The ids that end generation: the generation config's EOS (one id or several), else the tokenizer's."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return set(eos) if isinstance(eos, list) else {eos}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""File I/O shared by the stages: JSONL with line-numbered errors, atomic writes, append-and-flush logs."""
+"""File I/O shared by the stages: JSONL with line-numbered errors, text cleaned where it is read (lone
+surrogates, control characters) and a repeated field refused, atomic writes of files and folders
+(`genz_speak.cache` has the shared caches' append logs)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -31,6 +34,49 @@ class SkipBudget:
 
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real row; a larger line is a corrupt or wrong file
+BOM = b"\xef\xbb\xbf"
+
+# Lone UTF-16 surrogates (a JSON "\\ud83d" escape: an emoji cut in half) cannot be encoded as UTF-8, so the
+# first write of such a string fails; NUL and the other control characters (but tab and newlines) are no
+# part of any text a person or a model means, and break terminals, tokenizers and some JSON readers.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """`text` safe to hash, write and show: lone surrogates become U+FFFD, control characters other than
+    tab, newline and carriage return are dropped."""
+    return _CONTROL.sub("", _SURROGATE.sub("\ufffd", text))
+
+
+def clean(value: Any) -> Any:
+    """`clean_text` applied to every string in a JSON value (keys included)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+class DuplicateField(ValueError):
+    """A field given twice in one JSON object (json itself keeps the last value silently)."""
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a field given twice in one object is an error (json keeps the last silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateField(key)
+        obj[key] = value
+    return obj
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads that refuses a field given twice in one object (DuplicateField) and cleans every string."""
+    return clean(json.loads(text, object_pairs_hook=_unique_object))
 
 
 def read_jsonl(
@@ -55,6 +101,8 @@ def read_jsonl(
     seen: dict[Any, int] = {}
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(BOM)  # editors on Windows write one; it is no part of the data
             try:
                 row = _parse_line(path, lineno, raw)
                 if row is not None and check is not None:
@@ -94,27 +142,22 @@ def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
     if not line.strip():
         return None
     try:
-        row = json.loads(line)
+        row = loads(line)
+    except DuplicateField as err:
+        raise InputError(f"{path}:{lineno}: field {err.args[0]!r} given twice in one row") from None
     except json.JSONDecodeError as err:
+        if lineno == 1 and line.lstrip().startswith("["):
+            raise InputError(_ARRAY.format(path=path)) from None
         raise InputError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
+    if isinstance(row, list) and lineno == 1:
+        raise InputError(_ARRAY.format(path=path))
     if not isinstance(row, dict):
         raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
     return row
 
 
-def read_jsonl_tolerant(path: Path) -> Iterator[dict[str, Any]]:
-    """Read an append-only log that a killed process may have left with a torn last line (cut anywhere,
-    even inside a multi-byte character)."""
-    if not path.is_file():
-        return
-    lines = path.read_bytes().splitlines(keepends=True)
-    for lineno, line in enumerate(lines, start=1):
-        try:
-            yield json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if lineno == len(lines) and not line.endswith(b"\n"):  # the write a kill interrupted
-                return
-            raise InputError(f"{path}:{lineno}: corrupt line in the middle of an append log") from None
+# A file that opens with "[" is a JSON array (one line or pretty-printed), the commonest wrong format.
+_ARRAY = "{path}: expected JSONL (one object per line), got a JSON array; write one object per line"
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:
@@ -145,9 +188,9 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder `tmp` into place as `out`, replacing it; its files first get the mode a
-    new file gets here (some writers, safetensors among them, create theirs 0600)."""
+def _give_new_file_mode(tmp: Path) -> None:
+    """Give every file under `tmp` the mode a new file gets here (some writers, safetensors among them,
+    create theirs 0600, unreadable to a team sharing a checkout, a cache or a remote)."""
     fd, probe = _create_temporary(tmp / "mode")
     os.close(fd)
     mode = stat.S_IMODE(os.stat(probe).st_mode)
@@ -155,17 +198,91 @@ def replace_dir(tmp: Path, out: Path) -> None:
     for p in tmp.rglob("*"):
         if p.is_file() and not p.is_symlink():
             p.chmod(mode)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` into place as `out`. The previous `out` is deleted only once the new
+    one is in place: renamed aside, then removed (renamed back if the new one cannot move in). A mount
+    point cannot be renamed or removed, so there the contents are replaced inside it (`_replace_inside`)."""
+    _give_new_file_mode(tmp)
+    if out.is_dir() and os.path.ismount(out):
+        _replace_inside(tmp, out)
+        return
+    if not out.exists() and not out.is_symlink():
+        os.replace(tmp, out)
+        return
+    old = _temporary_dir(out, "old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_inside(tmp: Path, mount: Path) -> None:
+    """The previous entries of `mount` go into a hidden folder inside it (a rename on its own filesystem),
+    the new ones are copied in, then the old ones are deleted; any failure (a full disk, say) removes what
+    was copied and puts the old entries back."""
+    aside = mount / f".old-{secrets.token_hex(4)}.tmp"
+    aside.mkdir()
+    moved: list[str] = []
+    try:
+        for entry in list(mount.iterdir()):
+            if entry != aside and entry.name != "lost+found":  # the filesystem's own, not an output
+                os.replace(entry, aside / entry.name)
+                moved.append(entry.name)
+        for entry in list(tmp.iterdir()):
+            shutil.move(str(entry), str(mount / entry.name))  # copies across filesystems
+    except BaseException:
+        for entry in list(mount.iterdir()):
+            if entry != aside and entry.name != "lost+found" and entry.name not in moved:
+                _remove(entry)
+        for name in moved:
+            if not (mount / name).exists():
+                os.replace(aside / name, mount / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _temporary_dir(out: Path, kind: str) -> Path:
+    """A name beside `out` that is this process's own (experiments sharing a cache may write the same
+    folder at once), hidden and *.tmp (git- and DVC-ignored); leftovers of processes that are gone, which a
+    kill leaves, are removed first."""
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):
+        pid = stale.name[len(out.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}.tmp")
 
 
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """A fresh temporary folder beside `out` for the block to write into: moved into place as `out` when
     the block succeeds, removed when it fails (so `out` only ever holds a complete output)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_dir(out, "new")
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
@@ -178,48 +295,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_open(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(clean(row), ensure_ascii=False) + "\n")
             n += 1
     return n
 
 
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_open(path) as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, sort_keys=True)
+        json.dump(clean(data), f, indent=2, ensure_ascii=False, sort_keys=True)
         f.write("\n")
-
-
-class AppendLog:
-    """An append-only JSONL file flushed after every record, so a killed run loses at most one line."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair(path)
-        self.path = path
-        self._f = path.open("a", encoding="utf-8")
-
-    @staticmethod
-    def _repair(path: Path) -> None:
-        # Drop a torn last line left by a kill, so that new records start on a line of their own.
-        if not path.is_file() or path.stat().st_size == 0:
-            return
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> AppendLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def free_port() -> int:

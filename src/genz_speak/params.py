@@ -4,15 +4,13 @@ the file and the dotted key."""
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from genz_speak.config import Params
-from genz_speak.errors import InputError, MissingInput
+from genz_speak.errors import InputError, MissingInput, ParamError
 
 T = TypeVar("T")
 
@@ -43,42 +41,36 @@ def parse(cls: type[T], data: Any, path: Path = Path("params.yaml"), prefix: str
         raise InputError(_format_error(err, path, prefix)) from None
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int, first: int):
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.line, self.first = key, line, first
+_DUPLICATE = re.compile(r'found duplicate key "(?P<key>.*?)" with value')
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, except that a key given twice in one mapping is an error, as it is to DVC: a
-    stage started directly must not run with whichever value came last."""
+def _read_yaml(path: Path) -> Any:
+    """The file as DVC reads it: ruamel.yaml's safe loader, YAML 1.2 (`042` is 42, `yes` a string; PyYAML's
+    YAML 1.1 reads them as 34 and True), so a stage runs with the values DVC hashed and compares. A key
+    given twice in one mapping is an error, as it is to DVC."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import YAMLError
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key may override it
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, Hashable) and key in seen:
-                raise _DuplicateKey(key, line, seen[key])
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+    text = path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    try:
+        return YAML(typ="safe").load(text)
+    except DuplicateKeyError as err:
+        key = _DUPLICATE.search(str(err.problem))
+        line, first = err.problem_mark.line + 1, err.context_mark.line + 1  # type: ignore[union-attr]
+        name = key.group("key") if key else "?"
+        raise InputError(f"{path}:{line}: duplicate key {name!r} (first on line {first})") from None
+    except YAMLError as err:
+        raise InputError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Load and validate the whole params file."""
+    """Load and validate the whole params file; errors found later (`ParamError`) name this file."""
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"{path}: params file not found (run from the project root)")
-    with path.open() as f:
-        try:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader
-        except _DuplicateKey as err:
-            message = f"{path}:{err.line}: duplicate key {err.key!r} (first on line {err.first})"
-            raise InputError(message) from None
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: not valid YAML: {err}") from err
+    ParamError.file = str(path)
+    data = _read_yaml(path)
     if data is not None and not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return parse(Params, data, path)

@@ -74,9 +74,10 @@ def apply(profile: Path, params: Path) -> tuple[str, list[tuple[str, Any, Any]]]
     out = io.StringIO()
     yaml.dump(doc, out)
     text = out.getvalue()
-    import yaml as pyyaml
+    from ruamel.yaml import YAML
 
-    parse(Params, pyyaml.safe_load(text), Path(f"{params} (with {profile})"))
+    # Validated as the stages and DVC read it (YAML 1.2).
+    parse(Params, YAML(typ="safe").load(text), Path(f"{params} (with {profile})"))
     return text, changed
 
 

@@ -3,13 +3,17 @@ engine contract (`genz_speak.pipeline`): paths and config in, outputs written by
 
 A stage script is one call: ``stage.main(__doc__, "train", train.Paths, train.run)``. The fields of the
 engine's `Paths` dataclass become the script's path flags (`out_dir` -> `--out-dir`), as `dvc.yaml`'s
-`cmd` passes them; every script also takes `--params` and `--metrics`, where the engine's metrics go.
+`cmd` passes them; every script also takes `--params`, `--metrics`, where the engine's metrics go, and
+`--run-info`, where the part of them under "run" goes: how the run went (times, rates, memory, versions,
+requests and cache hits), which differs between runs of the same result and so stays out of the metrics
+that later stages depend on.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import signal
@@ -25,6 +29,7 @@ from genz_speak.errors import InputError, StageFailed
 log = logging.getLogger("genz_speak.stage")
 
 P = TypeVar("P")
+RUN_INFO = "run"  # the key of an engine's metrics that goes to --run-info
 
 
 def _configure_logging() -> None:
@@ -47,6 +52,9 @@ def parser(doc: str | None, paths: type[Any]) -> argparse.ArgumentParser:
         p.add_argument(_flag(field.name), type=Path, required=True, nargs="+" if many else None)
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
     p.add_argument("--metrics", type=Path, required=True, help="where the stage's metrics go (JSON)")
+    p.add_argument(
+        "--run-info", type=Path, help="where how the run went goes (JSON: times, requests); else logged"
+    )
     return p
 
 
@@ -81,7 +89,12 @@ def main(
             values["params"] = args.params
         metrics = engine(cfg, paths(**values))
         if metrics is not None:
+            info = metrics.pop(RUN_INFO, None)
             write_json(args.metrics, metrics)
+            if info is not None and args.run_info is not None:
+                write_json(args.run_info, info)
+            elif info is not None:
+                log.info("%s run: %s", name, json.dumps(info, default=str))
         if after is not None:
             after()
 
@@ -93,10 +106,28 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: BaseException) -> OSError | None:
+    """The full-disk error behind `err`, if any: libraries wrap it (safetensors, torch's savers), so the
+    chain of causes is searched, and the text too where a library kept only that."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL:
+            return current
+        if "No space left on device" in str(current) or "Disk quota exceeded" in str(current):
+            return OSError(errno.ENOSPC, str(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage: bad params or data end it with one line naming the file and line or the params key,
-    and exit status 2; a result too poor to keep (StageFailed) with one line and exit status 1. Either way
-    outputs already written are left as they were."""
+    and exit status 2; a result too poor to keep (StageFailed) or a full disk with one line and exit
+    status 1. Either way outputs already written are left as they were."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
@@ -107,4 +138,17 @@ def run(main: Callable[[], None]) -> None:
     except StageFailed as err:
         _configure_logging()
         log.error("%s", err)
+        sys.exit(1)
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        _configure_logging()
+        where = f" writing {full.filename}" if full.filename else ""
+        log.error(
+            "no space left on the disk%s (%s); outputs left as they were: free some space "
+            "(or point $GENZ_SPEAK_CACHE elsewhere) and rerun",
+            where,
+            full.strerror or full,
+        )
         sys.exit(1)

@@ -1,62 +1,19 @@
-"""The DVC pipeline for real: a git + DVC repo in a temp dir with the tiny config.
-
-The repo is built and reproduced once per session (a template) and copied into each test, as DVC's own
-test fixtures do.
-"""
+"""The DVC pipeline for real: a git + DVC repo in a temp dir with the tiny config (the `template` and
+`repo` fixtures of tests/pipeline/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_project, python_env, served, server_stats, tiny_params
+from tests.conftest import python_env, served, server_stats
+from tests.pipeline.dvcrepo import STAGES, ran, sh
 
 pytestmark = pytest.mark.slow
-STAGES = ["prepare", "generate", "train", "merge", "evaluate", "plot", "export"]
-
-
-def sh(cwd: Path, *cmd: str, timeout: int = 1200) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=python_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    repo = tmp_path_factory.mktemp("template") / "repo"
-    repo.mkdir()
-    copy_project(repo)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model), sort_keys=False))
-    (repo / ".gitignore").write_text("/.cache/\n__pycache__/\n")
-    sh(repo, "git", "init", "-q", "-b", "main")
-    sh(repo, "git", "config", "user.name", "test")
-    sh(repo, "git", "config", "user.email", "test@localhost")
-    sh(repo, "dvc", "init", "-q")
-    shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")  # the vega templates dvc.yaml's plots name
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "project")
-    out = sh(repo, "dvc", "repro")
-    assert ran(out) == STAGES
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "repro")
-    return repo
-
-
-@pytest.fixture
-def repo(template: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "repo"
-    shutil.copytree(template, dest, symlinks=True)
-    return dest
 
 
 def set_param(repo: Path, section: str, key: str, value: object) -> None:
@@ -229,13 +186,15 @@ def test_a_sentinel_key_never_lands_in_the_repo(repo: Path) -> None:
     # the key was really used: every request carried it, none was refused
     assert all(s["answered"] == s["requests"] > 0 and "unauthorized" not in s for s in seen), seen
     assert sentinel not in proc.stdout + proc.stderr
-    files = [p for p in repo.rglob("*") if p.is_file() and not p.is_symlink()]
+    cache = Path(os.environ["GENZ_SPEAK_CACHE"])  # the shared caches, outside the repo
+    files = [p for d in (repo, cache) for p in d.rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(files) > 50 and any(".dvc/cache" in str(p) for p in files)
+    assert (cache / "generate.jsonl").is_file() and (cache / "judge.jsonl").is_file()
     assert [p for p in files if sentinel.encode() in p.read_bytes()] == []
     assert os.environ.get("GENZ_SENTINEL_KEY") is None
 
 
-def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
+def test_what_a_failed_stage_leaves_under_repro(repo: Path, own_cache: Path) -> None:
     """README's "When things go wrong", checked (issue 15, defect 9: it said a stage stopped by bad params
     leaves its outputs untouched; under `dvc repro` DVC has removed them before the stage starts)."""
     committed = (repo / "params.yaml").read_text()
@@ -245,6 +204,7 @@ def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
     assert refused.returncode != 0 and "duplicate key" in refused.stderr
     assert (repo / "metrics/generate.json").is_file()
 
+    sh(repo, "dvc", "repro", "-f", "generate")  # fills this test's shared cache
     set_param(repo, "generate", "batch_size", 0)
     failed = subprocess.run(
         ["dvc", "repro"], cwd=repo, env=python_env(), capture_output=True, text=True, timeout=600
@@ -254,8 +214,9 @@ def test_what_a_failed_stage_leaves_under_repro(repo: Path) -> None:
     # DVC removed the failed stage's outputs, cached or not, before its command ran ...
     for out in ("data/generate/genz_dataset.jsonl", "data/generate/rejects.jsonl", "metrics/generate.json"):
         assert not (repo / out).exists(), out
-    # ... and nothing else: the caches under .cache/ and the other stages' outputs are all there.
-    assert (repo / ".cache/generate.jsonl").is_file() and (repo / ".cache/answers.jsonl").is_file()
+    # ... and nothing else: the shared caches and the other stages' outputs are all there.
+    assert (own_cache / "generate.jsonl").is_file()
+    assert (repo / "models/train").is_dir() and (repo / "metrics/evaluate.json").is_file()
     assert (repo / "models/train").is_dir() and (repo / "metrics/evaluate.json").is_file()
 
     (repo / "params.yaml").write_text(committed)
@@ -275,3 +236,30 @@ def test_pull_from_a_remote_nobody_pushed_to_brings_nothing(repo: Path, tmp_path
     pull = subprocess.run(["dvc", "pull"], cwd=clone, env=python_env(), capture_output=True, text=True)
     assert pull.returncode != 0 and not (clone / "models/merge").exists()
     assert "Data and pipelines are up to date" not in sh(clone, "dvc", "status")
+
+
+def test_a_forced_rerun_with_the_same_result_reruns_nothing_downstream(repo: Path) -> None:
+    """Issue 23, point 12: export reran after `dvc repro -f generate` because metrics/generate.json, one
+    of its dependencies, held wall-clock time. How a run went now goes to metrics/run/ (no stage reads
+    it), so the same dataset leaves everything downstream up to date."""
+    before = (repo / "metrics/generate.json").read_bytes()
+    assert ran(sh(repo, "dvc", "repro", "-f", "generate")) == ["generate"]
+    assert (repo / "metrics/generate.json").read_bytes() == before
+    assert json.loads((repo / "metrics/run/generate.json").read_text())["wall_s"] >= 0
+    assert ran(sh(repo, "dvc", "repro")) == []
+
+
+def test_experiments_share_the_teachers_cache(repo: Path) -> None:
+    """Issue 23, point 9: a queued or temporary experiment ran in a workspace without .cache and paid for
+    every teacher request again. The rewrites are in the shared cache ($GENZ_SPEAK_CACHE), which every
+    workspace reads: an experiment that reruns generate with the same requests sends none."""
+    with served("rules") as url:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["generate"].update(teacher="openai", model="rules", base_url=url)
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh(repo, "git", "commit", "-qam", "openai teacher")
+        assert ran(sh(repo, "dvc", "repro", "generate")) == ["generate"]
+        paid = server_stats(url)["requests"]
+        out = sh(repo, "dvc", "exp", "run", "--temp", "-S", "generate.validation.min_chars=9", "generate")
+        assert "generate" in ran(out)
+        assert server_stats(url)["requests"] == paid > 0  # the experiment's rewrites all came from the cache

@@ -16,7 +16,7 @@ import yaml
 from genz_speak.data.dataset import dataset_row
 from genz_speak.data.questions import validate_rows
 from genz_speak.io import read_jsonl, write_jsonl
-from tests.conftest import ROOT, stage_process
+from tests.conftest import ROOT, stage_process, write_prepared
 
 GOOD = validate_rows(read_jsonl(ROOT / "data/questions.jsonl")[:40], "questions")
 SOURCE = "bad.jsonl"
@@ -49,6 +49,17 @@ def parquet(rows: list[dict[str, Any]], **same: str) -> Callable[[Path], None]:
         pd.DataFrame([{**same, **r} for r in rows]).to_parquet(path)
 
     return write
+
+
+def without_chat_template(path: Path) -> None:
+    """A model folder whose tokenizer has no chat template (a base, not an instruct, model)."""
+    from genz_speak.testing import tiny
+
+    folder = tiny.llama(path, tiny.student_tokenizer())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
 
 
 Case = tuple[str, dict[str, Any], dict[str, bytes | Callable[[Path], None]], str]
@@ -294,6 +305,111 @@ CASES: dict[str, Case] = {
         {},
         "params.yaml: train.num_processes: Input should be 'auto' or Input should be greater than 0",
     ),
+    # ---- issue 23, point 13: values as written, finite, checked against what they name
+    "infinite epochs": (
+        "prepare",
+        {"train.epochs": float("inf")},
+        {},
+        "params.yaml: train.epochs: Input should be a finite number",
+    ),
+    "infinite timeout": (
+        "prepare",
+        {"generate.request_timeout": float("inf")},
+        {},
+        "params.yaml: generate.request_timeout: Input should be a finite number",
+    ),
+    "a boolean for an int": (
+        "prepare",
+        {"train.batch_size": True},
+        {},
+        "params.yaml: train.batch_size: Input should be a valid integer",
+    ),
+    "a fraction for an int": (
+        "prepare",
+        {"train.batch_size": 1.5},
+        {},
+        "params.yaml: train.batch_size: Input should be a valid integer",
+    ),
+    "an int for a boolean": (
+        "prepare",
+        {"train.packing": 1},
+        {},
+        "params.yaml: train.packing: Input should be a valid boolean",
+    ),
+    "YAML 1.1's yes for a boolean": (  # YAML 1.2, as DVC reads it: a string
+        "prepare",
+        {},
+        {"params.yaml": b"train:\n  load_in_4bit: yes\n"},
+        "params.yaml: train.load_in_4bit: Input should be a valid boolean",
+    ),
+    "a category typo": (
+        "prepare",
+        {"prepare.categories": ["open_qa", "brainstroming"]},
+        {},
+        "params.yaml: prepare.categories.1: Input should be 'open_qa', 'general_qa'",
+    ),
+    "an empty key variable": (
+        "prepare",
+        {"generate.api_key_env": ""},
+        {},
+        "params.yaml: generate.api_key_env: '' is not an environment variable name",
+    ),
+    "a key variable that is a key": (
+        "prepare",
+        {"evaluate.llm.api_key_env": "sk-abc-123"},
+        {},
+        "params.yaml: evaluate.llm.api_key_env: 'sk-abc-123' is not an environment variable name",
+    ),
+    "target modules the model lacks": (
+        "train",
+        {"train.lora.target_modules": ["q_proj", "qkv_proj"]},
+        {},
+        "params.yaml: train.lora.target_modules: ['qkv_proj'] name no module of models/prepare; its "
+        "linear layers are ['down_proj', 'gate_proj', 'k_proj', 'lm_head', 'o_proj', 'q_proj', 'up_proj', "
+        "'v_proj']",
+    ),
+    # ---- issue 23, point 15: formats that are almost JSONL
+    "a JSON array": (
+        "prepare",
+        {},
+        {SOURCE: ("[" + ",\n".join(dolly(r) for r in GOOD) + "]\n").encode()},
+        "bad.jsonl: expected JSONL (one object per line), got a JSON array",
+    ),
+    "a pretty-printed JSON array": (
+        "prepare",
+        {},
+        {SOURCE: json.dumps([json.loads(dolly(r)) for r in GOOD], indent=2).encode()},
+        "bad.jsonl: expected JSONL (one object per line), got a JSON array",
+    ),
+    "a field twice in a row": (
+        "prepare",
+        {},
+        {
+            SOURCE: lines(
+                (2, '{"instruction": "Why?", "response": "a", "response": "b", "category": "open_qa"}')
+            )
+        },
+        "bad.jsonl:3: field 'response' given twice in one row",
+    ),
+    # ---- issue 23, point 11: checked before anything is written
+    "a base model without a chat template": (
+        "prepare",
+        {"prepare.base_model": "plain-model"},
+        {"plain-model": without_chat_template},
+        "params.yaml: prepare.base_model: plain-model has no chat template",
+    ),
+    "every row masked away, after DVCLive started": (
+        "train",
+        {"train.max_seq_length": 16},
+        {},
+        "loss masking left 6/6 rows with no trained token",
+    ),
+    "the judge's key missing": (
+        "evaluate",
+        {"evaluate.judge": "openai", "evaluate.llm.api_key_env": "GENZ_NO_SUCH_KEY_SET"},
+        {},
+        "the OpenAI API needs a key: export GENZ_NO_SUCH_KEY_SET=...",
+    ),
 }
 
 # Outputs a previous run left: none of them may change when a stage fails on bad input.
@@ -305,6 +421,8 @@ PRIOR_OUTPUTS = [
     "models/merge/config.json",
     "models/train/adapter_config.json",
     "metrics/train.json",
+    "dvclive/train/metrics.json",
+    "data/evaluate/answers.jsonl",
 ]
 
 
@@ -327,10 +445,13 @@ def workspace(tmp_path: Path, tiny_params_dict: dict[str, Any], tiny_model: Path
         "metrics/train.json": "{}",
         "models/merge/config.json": "{}",
         "models/train/adapter_config.json": "{}",
+        "dvclive/train/metrics.json": '{"step": 1}',
+        "data/evaluate/answers.jsonl": '{"id": "q-previous"}\n',
     }.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     shutil.copytree(tiny_model, tmp_path / "models/prepare")
+    shutil.copy(ROOT / "data/genz_corpus.jsonl", tmp_path / "data/genz_corpus.jsonl")
     return tmp_path
 
 
@@ -378,3 +499,59 @@ def test_skip_budget_skips_and_reports(workspace: Path) -> None:
     metrics = json.loads((workspace / "metrics/prepare.json").read_text())
     assert metrics["dropped"]["bad"] == 2
     assert sum(metrics["rows"].values()) == 38
+
+
+def test_text_that_crashed_prepare_is_read_and_cleaned(workspace: Path) -> None:
+    """Issue 23, points 2 and 15: a file saved with a UTF-8 BOM was refused, and a lone surrogate escape
+    (an emoji cut in half) crashed prepare with a UnicodeEncodeError traceback that max_bad_rows could not
+    skip. The BOM is skipped; surrogates become U+FFFD and control characters go, where the text enters."""
+    cut = '{"instruction": "Why? \\ud83d", "response": "Because\\u0000 so.", "category": "open_qa"}'
+    (workspace / SOURCE).write_bytes(b"\xef\xbb\xbf" + lines((0, cut)))
+    proc = stage_process(workspace, "prepare")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [
+        r
+        for name in ("train", "validation", "heldout")
+        for r in read_jsonl(workspace / f"data/prepare/{name}.jsonl")
+    ]
+    assert len(rows) == 40
+    (row,) = [r for r in rows if r["instruction"].startswith("Why? ")]
+    assert (row["instruction"], row["response"]) == ("Why? \ufffd", "Because so.")
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"train.lerning_rate": 0.1}, "other.yaml: train.lerning_rate: unknown key"),
+        ({"merge.backend": "unsloth"}, "other.yaml: merge.backend: unsloth needs a CUDA GPU"),
+    ],
+    ids=["while loading", "found by the stage"],
+)
+def test_errors_name_the_params_file_given(workspace: Path, overrides: dict[str, Any], expected: str) -> None:
+    """Issue 23, point 13: with --params other.yaml, errors said "params.yaml"."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    for key, value in overrides.items():
+        set_key(params, key, value)
+    (workspace / "other.yaml").write_text(yaml.safe_dump(params))
+    proc = stage_process(workspace, "prepare" if "lerning" in expected else "merge", params="other.yaml")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
+    assert len(error) == 1 and expected in error[0], proc.stderr[-3000:]
+
+
+def test_a_full_disk_is_one_line(workspace: Path, own_cache: Path) -> None:
+    """Issue 23, point 10: a full disk gave a traceback. The shared cache's log is /dev/full here (every
+    write: ENOSPC): one line naming the file, exit status 1, and the dataset left as it was."""
+    write_prepared(workspace, GOOD[:20], GOOD[20:30], GOOD[30:])
+    prior = (workspace / "data/generate/genz_dataset.jsonl").read_bytes()
+    own_cache.mkdir(parents=True, exist_ok=True)
+    (own_cache / "generate.jsonl").symlink_to("/dev/full")
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["generate"]["corpus_missing"] = "rules"  # these rows have no hand-written rewrite
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = stage_process(workspace, "generate")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
+    assert len(error) == 1 and f"no space left on the disk writing {own_cache}/generate.jsonl" in error[0]
+    assert "Traceback" not in proc.stderr
+    assert (workspace / "data/generate/genz_dataset.jsonl").read_bytes() == prior

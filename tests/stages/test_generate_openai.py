@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
+from genz_speak.cache import read_jsonl_tolerant
 from genz_speak.data.questions import validate_rows
-from genz_speak.io import read_jsonl, read_jsonl_tolerant
+from genz_speak.io import free_port, read_jsonl
 from genz_speak.testing.serve import launch
 from tests.conftest import (
     FAULT_LABELS,
     ROOT,
     TEACHER_FAULTS,
     python_env,
+    run_stage,
     served,
     server_stats,
     stage_command,
@@ -65,15 +67,17 @@ def write_params(workdir: Path, url: str, **generate: Any) -> None:
         keep_entities=False,
         max_echo_similarity=1.0,
         max_length_ratio=100.0,
+        min_source_overlap=0.0,
+        reject_truncated=False,  # 8 new tokens cut off nearly every reply
     )
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: Path) -> None:
-    """Every third request gets a fault, each kind in turn. (A 200 labelled application/json whose body
+    """Every second request gets a fault, each kind in turn. (A 200 labelled application/json whose body
     is not JSON crashed the stage with a JSONDecodeError traceback before: issue 15, defect 1.)"""
     faults = ",".join(TEACHER_FAULTS)
-    with served(tiny_model, "--fault-every", "3", "--faults", faults, "--stall", "4") as url:
+    with served(tiny_model, "--fault-every", "2", "--faults", faults, "--stall", "4") as url:
         write_params(workdir, url)
         proc = stage_process(workdir, "generate", env={**python_env(), "GENZ_TEST_KEY": "sk-secret-xyz"})
         stats = server_stats(url)
@@ -84,7 +88,9 @@ def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: 
     ids = [r["id"] for r in dataset] + [r["id"] for r in rejects]
     assert len(ids) == len(set(ids)) == ROWS
     m = json.loads((workdir / "metrics/generate.json").read_text())
-    assert m["teacher_failures"] == 0 and m["rows"] == ROWS
+    assert m["rows"] == ROWS and "requests" not in m  # how the run went is in metrics/run/
+    m = {**m, **json.loads((workdir / "metrics/run/generate.json").read_text())}
+    assert m["teacher_failures"] == 0
     assert all(stats.get(k, 0) > 0 for k in TEACHER_FAULTS), stats
     injected: Counter[str] = Counter()
     for kind in TEACHER_FAULTS:
@@ -103,11 +109,24 @@ def test_every_row_completes_through_injected_faults(workdir: Path, tiny_model: 
     assert [r["id"] for r in dataset] == [i for i in order if i in kept]  # deterministic: input order
 
 
-def test_killed_run_resumes_without_loss_or_duplicates(workdir: Path, tiny_model: Path) -> None:
+def run_info(workdir: Path) -> dict[str, Any]:
+    return dict(json.loads((workdir / "metrics/run/generate.json").read_text()))
+
+
+def results(cache: Path) -> list[dict[str, Any]]:
+    """The finished rows in a cache log (not the records of requests sent)."""
+    return [r for r in read_jsonl_tolerant(cache) if "sent" not in r]
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(
+    workdir: Path, tiny_model: Path, own_cache: Path
+) -> None:
+    """...and counts every request the killed run paid for, those in flight at the kill included (issue 23,
+    point 14: 260 counted for 268 served)."""
     server, url = start_server(tiny_model, "--latency", "0.3")
     try:
         write_params(workdir, url, concurrency=2)
-        cache = workdir / ".cache/generate.jsonl"
+        cache = own_cache / "generate.jsonl"
         proc = subprocess.Popen(
             stage_command("generate"),
             cwd=workdir,
@@ -116,21 +135,23 @@ def test_killed_run_resumes_without_loss_or_duplicates(workdir: Path, tiny_model
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 300
-        while len(list(read_jsonl_tolerant(cache))) < 6 and time.monotonic() < deadline:
+        while len(results(cache)) < 6 and time.monotonic() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        done_before = len(list(read_jsonl_tolerant(cache)))
+        done_before = len(results(cache))
         assert 6 <= done_before < ROWS and not (workdir / "data/generate/genz_dataset.jsonl").exists()
         rerun = stage_process(workdir, "generate")
+        served_requests = server_stats(url)["requests"]
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    m = json.loads((workdir / "metrics/generate.json").read_text())
+    m = run_info(workdir)
     assert m["cache_hits"] == done_before and m["teacher_calls"] == ROWS - done_before
-    keys = [r["key"] for r in read_jsonl_tolerant(cache)]
+    keys = [r["key"] for r in results(cache)]
     assert len(keys) == len(set(keys)) == ROWS
+    assert m["requests"] == served_requests and m["runs"] == 2
     ids = [r["id"] for r in read_jsonl(workdir / "data/generate/genz_dataset.jsonl")]
     assert len(ids) + len(read_jsonl(workdir / "data/generate/rejects.jsonl")) == ROWS
     assert len(set(ids)) == len(ids)
@@ -154,8 +175,9 @@ def test_a_failed_run_replaces_no_output_and_a_rerun_counts_both_runs(workdir: P
     then raised (traceback, exit 1). Now it stops with one line and leaves the outputs as they were; the
     rerun that finishes the dataset counts the faults and retries of both runs in its metrics."""
     prior = prior_outputs(workdir)
-    with served("rules", "--fault-first", "2", "--faults", "500") as url:
-        write_params(workdir, url, max_retries=1, max_reject_fraction=0.5)
+    failing = ROWS // 3  # every third row: its first 2 requests faulted
+    with served("rules", "--fault-first", "2", "--fault-every", "3", "--faults", "500") as url:
+        write_params(workdir, url, max_retries=1, max_reject_fraction=0.2)
         failed = stage_process(workdir, "generate")
         first = server_stats(url)
         after_failure = {name: (workdir / name).read_bytes() for name in prior}
@@ -165,18 +187,17 @@ def test_a_failed_run_replaces_no_output_and_a_rerun_counts_both_runs(workdir: P
     assert "Traceback" not in failed.stderr
     error = [line for line in failed.stderr.splitlines() if " ERROR genz_speak.stage: " in line]
     assert len(error) == 1, failed.stderr[-3000:]
-    assert f"{ROWS}/{ROWS} rows rejected (over generate.max_reject_fraction=0.5)" in error[0]
-    assert "InternalServerError: Error code: 500" in error[0]  # the reason, with its count
+    assert f"{failing}/{ROWS} rows rejected (over generate.max_reject_fraction=0.2)" in error[0]
+    assert f"{failing} x teacher: InternalServerError 500: server error 500" in error[0]  # reason and count
     assert after_failure == prior
-    assert first["requests"] == first["500"] == 2 * ROWS  # every row: a try and a retry, both faulted
+    assert first["requests"] == ROWS + failing and first["500"] == 2 * failing  # a try and a retry each
 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    m = json.loads((workdir / "metrics/generate.json").read_text())
-    assert m["rows"] + m["rejected"] == ROWS and m["teacher_failures"] == 0
-    assert m["runs"] == 2 and m["teacher_calls"] == ROWS
-    assert m["faults"] == {"HTTP 500": second["500"]} == {"HTTP 500": 2 * ROWS}
-    assert m["requests"] == second["requests"] == 3 * ROWS
-    assert m["retries"] == ROWS  # one per row in the failed run; none in the rerun
+    m = run_info(workdir)
+    assert m["teacher_failures"] == 0 and m["runs"] == 2 and m["teacher_calls"] == failing
+    assert m["faults"] == {"HTTP 500": second["500"]} == {"HTTP 500": 2 * failing}
+    assert m["requests"] == second["requests"] == ROWS + 2 * failing
+    assert m["retries"] == failing  # one per failing row in the failed run; none in the rerun
 
 
 def test_no_usable_row_fails_whatever_the_threshold(workdir: Path) -> None:
@@ -185,6 +206,65 @@ def test_no_usable_row_fails_whatever_the_threshold(workdir: Path) -> None:
         write_params(workdir, url, max_retries=0, max_reject_fraction=1.0)
         proc = stage_process(workdir, "generate")
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert f"{ROWS}/{ROWS} rows rejected (no row is left)" in proc.stderr
-    assert "teacher: NoContent: reply has no choices" in proc.stderr
+    # Every request failing alike stops the run once max(8, 2 x concurrency) rows did (issue 23, point 7).
+    assert "the first 8 rows all failed after their retries with the same error" in proc.stderr
+    assert "NoContent: reply has no choices" in proc.stderr
     assert {name: (workdir / name).read_bytes() for name in prior} == prior
+
+
+def test_a_stand_in_never_answers_for_the_real_server(workdir: Path, tiny_model: Path) -> None:
+    """Issue 23, point 1: the cache was keyed by model name, so after a dry run against `genz-speak serve
+    rules` (model gpt-5-mini), pointing base_url at the real server sent no request and labelled the
+    stand-in's caricature openai:my-teacher. A cached rewrite is now reused only when the server that
+    wrote it (its URL and its own description of the model) is one of this run's."""
+    with served("rules", "--served-model-name", "my-teacher") as stand_in:
+        write_params(workdir, stand_in, model="my-teacher")
+        run_stage(workdir, "generate")
+    with served("rules", "--served-model-name", "my-teacher") as real:  # another server, another URL
+        write_params(workdir, real, model="my-teacher")
+        run_stage(workdir, "generate")
+        assert server_stats(real)["requests"] == ROWS and run_info(workdir)["cache_hits"] == 0
+        run_stage(workdir, "generate")  # the same server again: everything reused
+        assert server_stats(real)["requests"] == ROWS and run_info(workdir)["cache_hits"] == ROWS
+
+    # The same URL, another server behind it (the same model name, another model).
+    port = free_port()
+    server, url = launch("rules", "--served-model-name", "my-teacher", env=python_env(), port=port)
+    write_params(workdir, url, model="my-teacher")
+    run_stage(workdir, "generate")
+    server.terminate()
+    server.wait(timeout=30)
+    with_model, _ = launch(tiny_model, "--served-model-name", "my-teacher", env=python_env(), port=port)
+    try:
+        run_stage(workdir, "generate")
+        assert server_stats(url)["requests"] == ROWS and run_info(workdir)["cache_hits"] == 0
+    finally:
+        with_model.terminate()
+        with_model.wait(timeout=30)
+    teachers = {r["teacher"] for r in read_jsonl(workdir / "data/generate/genz_dataset.jsonl")}
+    assert teachers == {"openai:my-teacher"}
+
+
+def test_sigterm_keeps_what_requests_in_flight_bring_back(workdir: Path, own_cache: Path) -> None:
+    """Issue 23, point 14: after SIGTERM the stage waited for the requests in flight, then threw their
+    results away (paid, never counted). Now no new request starts, and each one in flight is recorded as
+    it finishes: every request the server answered is in the cache, as sent and as a result."""
+    cache = own_cache / "generate.jsonl"
+    with served("rules", "--latency", "1.0") as url:
+        write_params(workdir, url, concurrency=4)
+        proc = subprocess.Popen(
+            stage_command("generate"), cwd=workdir, env=python_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while len(results(cache)) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, "the kill point was never reached"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        stats = server_stats(url)
+    records = list(read_jsonl_tolerant(cache))
+    sent = sum("sent" in r for r in records)
+    answered = sum("output" in r for r in records)
+    assert sent == stats["requests"] == stats["answered"] == answered > 4
+    assert "Traceback" not in proc.stderr.read().decode()  # type: ignore[union-attr]

@@ -53,13 +53,14 @@ def run_generate(tmp_path: Path, n: int, **settings: Any) -> dict[str, Any]:
     cfg = GenerateConfig(teacher="openai", model="rules", max_reject_fraction=1.0, **settings)
     splits = {"train": rows(n)}
     metrics = rewrite_splits(cfg, splits, build_teacher(cfg), tmp_path / "out", tmp_path / "cache.jsonl")
+    metrics |= metrics.pop("run")  # how the run went, beside what it made
     metrics["dataset"] = read_jsonl(tmp_path / "out/genz_dataset.jsonl")
     return metrics
 
 
 def test_stage_spreads_rows_over_two_servers(servers: list[Any], tmp_path: Path) -> None:
     """The generate stage as dvc.yaml runs it, with base_urls: both servers answer, every row once, and
-    the dataset is the one a single server gives (the cache key does not depend on the endpoint)."""
+    the dataset is the one a single server gives."""
     a = serve(servers, "--latency", "0.05")
     b = serve(servers, "--latency", "0.05")
     src = rows(40)
@@ -69,7 +70,7 @@ def test_stage_spreads_rows_over_two_servers(servers: list[Any], tmp_path: Path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = stage_process(tmp_path, "generate")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics/generate.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/run/generate.json").read_text())
     per_endpoint = {e["url"]: e for e in metrics["endpoints"]}
     assert set(per_endpoint) == {a, b}
     assert requests_seen(a) == per_endpoint[a]["requests"] > 0
@@ -81,6 +82,18 @@ def test_stage_spreads_rows_over_two_servers(servers: list[Any], tmp_path: Path)
     assert {r["instruction"]: r["output"] for r in dataset} == {
         r["instruction"]: r["output"] for r in single["dataset"]
     }
+
+
+def test_adding_a_replica_reuses_every_cached_rewrite(servers: list[Any], tmp_path: Path) -> None:
+    """Issue 23, point 1: cached rewrites are reused when the server that wrote them is among this run's
+    endpoints, so adding a replica costs nothing; dropping the one that wrote them pays again."""
+    a = serve(servers)
+    b = serve(servers)
+    first = run_generate(tmp_path, 20, base_url=a)
+    grown = run_generate(tmp_path, 20, base_urls=(a, b))
+    without_a = run_generate(tmp_path, 20, base_urls=(b,))
+    assert (first["teacher_calls"], grown["teacher_calls"], without_a["teacher_calls"]) == (20, 0, 20)
+    assert (requests_seen(a), requests_seen(b)) == (20, 20)
 
 
 def test_a_dead_endpoint_is_taken_out_and_every_row_still_completes(

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+from genz_speak.cache import read_jsonl_tolerant
 from genz_speak.data.dataset import dataset_row
 from genz_speak.data.questions import validate_rows
-from genz_speak.io import read_jsonl, read_jsonl_tolerant, write_jsonl
+from genz_speak.io import read_jsonl, write_jsonl
 from tests.conftest import ROOT, python_env, stage_command, write_prepared
 from tests.stages.test_generate_openai import start_server
 
@@ -31,9 +32,15 @@ pytestmark = pytest.mark.slow
 ROWS = validate_rows(read_jsonl(ROOT / "data/questions.jsonl")[:48], "questions")
 
 
+def cache_of(ws: Path) -> Path:
+    """The workspace's own shared-cache folder: a reference run and a killed one must not share one."""
+    return ws / ".genz-cache"
+
+
 def kill_when(cmd: list[str], cwd: Path, ready: Callable[[], bool], sig: int = signal.SIGKILL) -> int:
     """Start `cmd`, send `sig` once `ready()` holds, return the exit status."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = python_env(cache_of(cwd))
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while not ready():
         if proc.poll() is not None:
@@ -45,13 +52,15 @@ def kill_when(cmd: list[str], cwd: Path, ready: Callable[[], bool], sig: int = s
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=python_env(), capture_output=True, text=True, timeout=900)
+    env = python_env(cache_of(cwd))
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
 
 
 def lines_in(path: Path) -> int:
-    return len(list(read_jsonl_tolerant(path)))
+    """Finished rows or answers in a cache log (not the records of requests sent)."""
+    return sum("sent" not in r for r in read_jsonl_tolerant(path))
 
 
 def project(tmp: Path, params: dict[str, Any]) -> Path:
@@ -94,16 +103,16 @@ def test_generate_killed_anywhere_resumes_to_the_same_dataset(
     seed: int, tmp_path: Path, rules_server: str, tiny_params_dict: dict[str, Any], generate_reference: bytes
 ) -> None:
     ws = project(tmp_path, generate_params(tiny_params_dict, rules_server))
-    cache = ws / ".cache/generate.jsonl"
+    cache = cache_of(ws) / "generate.jsonl"
     at = random.Random(seed).randint(1, len(ROWS) - 2)
     kill_when(stage_command("generate"), ws, lambda: cache.is_file() and lines_in(cache) >= at)
     done = lines_in(cache)
     assert at <= done < len(ROWS) and not (ws / "data/generate/genz_dataset.jsonl").exists()
     run(stage_command("generate"), ws)
     assert (ws / "data/generate/genz_dataset.jsonl").read_bytes() == generate_reference
-    keys = [r["key"] for r in read_jsonl_tolerant(cache)]
+    keys = [r["key"] for r in read_jsonl_tolerant(cache) if "sent" not in r]
     assert len(keys) == len(set(keys)) == len(ROWS)  # nothing lost, nothing paid for twice
-    metrics = json.loads((ws / "metrics/generate.json").read_text())
+    metrics = json.loads((ws / "metrics/run/generate.json").read_text())
     assert metrics["cache_hits"] == done and metrics["teacher_calls"] == len(ROWS) - done
 
 
@@ -111,7 +120,7 @@ def test_generate_sigterm_exits_cleanly(
     tmp_path: Path, rules_server: str, tiny_params_dict: dict[str, Any]
 ) -> None:
     ws = project(tmp_path, generate_params(tiny_params_dict, rules_server))
-    cache = ws / ".cache/generate.jsonl"
+    cache = cache_of(ws) / "generate.jsonl"
     status = kill_when(
         stage_command("generate"), ws, lambda: cache.is_file() and lines_in(cache) >= 5, signal.SIGTERM
     )
@@ -139,12 +148,12 @@ def test_evaluate_killed_anywhere_resumes_to_the_same_answers(
 ) -> None:
     ref = evaluate_workspace(tmp_path / "ref", json.loads(json.dumps(tiny_params_dict)), tiny_model)
     run(stage_command("evaluate"), ref)
-    batches = lines_in(ref / ".cache/answers.jsonl") // 2  # 2 answers per batch
+    batches = lines_in(cache_of(ref) / "answers.jsonl") // 2  # 2 answers per batch
     for seed in (0, 1):
         ws = evaluate_workspace(
             tmp_path / f"kill{seed}", json.loads(json.dumps(tiny_params_dict)), tiny_model
         )
-        cache = ws / ".cache/answers.jsonl"
+        cache = cache_of(ws) / "answers.jsonl"
         at = 2 * random.Random(seed).randint(1, batches - 1)
         kill_when(stage_command("evaluate"), ws, lambda c=cache, n=at: c.is_file() and lines_in(c) >= n)
         assert not (ws / "metrics/evaluate.json").exists()
@@ -200,7 +209,7 @@ def test_data_parallel_train_stops_as_a_group_and_resumes(
     time.sleep(1)
     left = [p.pid for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(ws)]
     assert not left, f"processes of the stopped group still run: {left}"
-    assert not (ws / "models/train").exists() and not (ws / "models/train.tmp").exists()
+    assert not (ws / "models/train").exists() and not list((ws / "models").glob("*.tmp"))
 
     log = run(stage_command("train"), ws)
     assert "train.resume: resuming from .cache/train/checkpoint-" in log

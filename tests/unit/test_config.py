@@ -139,3 +139,53 @@ def test_base_urls_need_a_scheme(key: str, value: object) -> None:
     node[rest[-1]] = value
     with pytest.raises(InputError, match=rf"{key}.*is not an http\(s\) URL"):
         parse(Params, data)
+
+
+@pytest.mark.parametrize(
+    "text, seed, batch_size",
+    [("042", 42, "8"), ("0o17", 15, "8"), ("1_000", 1000, "8")],
+)
+def test_params_read_as_dvc_reads_them(tmp_path: Path, text: str, seed: int, batch_size: str) -> None:
+    """Issue 23, point 13: `seed: 042` was 34 to the stages (PyYAML, YAML 1.1) and 42 to DVC (YAML 1.2),
+    so DVC said "up to date" for a seed the stage did not use. Both now read the same value."""
+    from dvc.utils.serialize import parse_yaml
+
+    p = tmp_path / "params.yaml"
+    p.write_text(f"prepare:\n  seed: {text}\ntrain:\n  batch_size: {batch_size}\n")
+    assert load_params(p).prepare.seed == seed == parse_yaml(p.read_text(), str(p))["prepare"]["seed"]
+
+
+def test_the_shipped_params_are_the_code_defaults() -> None:
+    """Issue 23, point 13: one source of defaults. A key deleted from params.yaml falls back to the value
+    params.yaml ships (train.learning_rate was 1e-3 in config.py and 5e-4 in params.yaml)."""
+    assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_any_key_deleted_falls_back_to_its_shipped_value(tmp_path: Path) -> None:
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in sorted(_keys(shipped)):
+        data = yaml.safe_load((ROOT / "params.yaml").read_text())
+        *path, last = key.split(".")
+        node = data
+        for k in path:
+            node = node[k]
+        del node[last]
+        assert parse(Params, data) == Params(), key
+
+
+def test_operational_keys_keep_trains_checkpoints(tmp_path: Path) -> None:
+    """Issue 23, point 14: changing train.cpu_threads (documented as operational) discarded the resume
+    checkpoints, because the resume fingerprint included it."""
+    from genz_speak.config import TrainConfig
+    from genz_speak.training.checkpoints import prepare_work_dir
+
+    base, work = tmp_path / "base", tmp_path / "work"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    rows = [{"id": "q-1", "output": "x"}]
+    prepare_work_dir(TrainConfig(resume=True, cpu_threads=2), rows, base, work)
+    (work / "checkpoint-4").mkdir()
+    (work / "checkpoint-4/trainer_state.json").write_text("{}")
+    again = TrainConfig(resume=True, cpu_threads=8, save_steps=10)
+    assert prepare_work_dir(again, rows, base, work) == str(work / "checkpoint-4")
+    assert prepare_work_dir(TrainConfig(resume=True, learning_rate=1e-4), rows, base, work) is None

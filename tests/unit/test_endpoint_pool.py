@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from genz_speak.llm_client import EndpointPool
+from genz_speak.endpoints import EndpointPool
 
 
 class Clock:

@@ -1,6 +1,6 @@
-"""The exported GGUF files in llama.cpp itself (through llama-cpp-python, a dev dependency built from
-source by scripts/setup.sh): same tokens, same logits as transformers, and a chat completion rendered with
-the chat template from the file's metadata."""
+"""The GGUF files llama.cpp's converter writes, in llama.cpp itself (through llama-cpp-python, a dev
+dependency built from source by scripts/setup.sh): same tokens, same logits as transformers, and a chat
+completion rendered with the chat template from the file's metadata."""
 
 from __future__ import annotations
 
@@ -21,24 +21,16 @@ def exported(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from genz_speak.export.gguf_file import write_gguf
+    from genz_speak.export import converter
 
     out = tmp_path_factory.mktemp("llama-cpp")
     AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float16).save_pretrained(out)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     tok.save_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    for fmt in ("f16", "q8_0"):
-        write_gguf(
-            model,
-            tok,
-            out,
-            out / f"m-{fmt}.gguf",
-            fmt,
-            name="m",
-            license="apache-2.0",
-            tokenizer_pre="smollm",
-        )
+    staged = converter.stage(out, out / "staged", tok, tok.chat_template, "apache-2.0")
+    files = {fmt: out / f"m-{fmt}.gguf" for fmt in ("f16", "q8_0")}
+    converter.convert(staged, files, name="m", tokenizer_pre=None)
     return out, model, tok
 
 

@@ -88,7 +88,7 @@ def test_coherence_punishes_structure_not_register() -> None:
     assert coherence(ANSWERS["loop"], 0.0) < 0.2
     assert coherence(ANSWERS["spam"], 0.0) < 0.3
     assert coherence("1889 bestie 🗼", 0.0) == 1.0  # one emoji is free
-    assert coherence(ANSWERS["plain"], 1.0) < 0.5  # what the ending model calls cut off
+    assert coherence(ANSWERS["plain"], 1.0) == 0.5  # what the ending model is sure was cut off
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,8 @@ def test_the_ending_model_hears_a_cut_it_never_saw(scores: dict[str, dict]) -> N
     only on the corpus's own texts and their random cuts, puts it below every finished answer."""
     cut = {k: v["parts"]["cut_off"] for k, v in scores.items()}
     assert cut["cut_off"] > 0.5 > max(cut[k] for k in ("plain", "natural", "wrong_number", "caricature"))
-    assert scores["cut_off"]["coherence"] < 0.5
+    coh = {k: v["coherence"] for k, v in scores.items()}
+    assert coh["cut_off"] < 0.6 and coh["cut_off"] < min(coh[k] for k in ("plain", "natural", "wrong_number"))
 
 
 def test_loops_score_lowest_on_coherence(scores: dict[str, dict]) -> None:
@@ -136,7 +137,7 @@ def test_loops_score_lowest_on_coherence(scores: dict[str, dict]) -> None:
 
 def test_a_second_judge_reuses_the_cut_lm_and_the_fit(judge_cache: Path, scores: dict[str, dict]) -> None:
     saved = sorted(p.name.split("-")[0] for p in judge_cache.iterdir())
-    assert saved == ["ending", "lm", "lm", "style"]  # the LM whole and cut, two fitted models
+    assert saved == ["ending", "lm", "style"]  # one cut LM, two fitted models
     again = OfflineJudge(OfflineJudgeConfig(), read_corpus(ROOT / "data/genz_corpus.jsonl"), judge_cache)
     out = again.score([Item(INSTRUCTION, "", a, REFERENCE) for a in ANSWERS.values()])
     assert [o["genz_style"] for o in out] == pytest.approx(

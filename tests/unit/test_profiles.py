@@ -25,7 +25,7 @@ def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
 
 
 def test_the_shipped_profiles() -> None:
-    assert {p.stem for p in PROFILES} == {"gpu-embedded", "gpu-recipe", "original"}
+    assert {p.stem for p in PROFILES} == {"gpu-embedded", "gpu-recipe", "original", "qwen", "llama3"}
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
@@ -82,3 +82,32 @@ def test_the_command_writes_params_and_dry_run_does_not(tmp_path: Path) -> None:
     assert load_params(params).train.load_in_4bit
     missing = cli("no-such-profile")
     assert missing.returncode == 2 and "no such profile" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("profile", "base_model", "pre", "license"),
+    [
+        ("qwen", "Qwen/Qwen2.5-0.5B-Instruct", "qwen2", "apache-2.0"),
+        ("llama3", "meta-llama/Llama-3.2-1B-Instruct", "llama-bpe", "llama3.2"),
+    ],
+)
+def test_the_student_profiles(profile: str, base_model: str, pre: str, license: str, tmp_path: Path) -> None:
+    """The Qwen and Llama 3 students: a hub id, the licence the card and GGUF declare, and a fallback
+    pre-tokenizer name that llama.cpp's installed converter itself assigns (so llama.cpp knows it)."""
+    from genz_speak.export.converter import CONVERTER_DIR
+
+    params = tmp_path / "params.yaml"
+    params.write_text(apply(ROOT / f"configs/{profile}.yaml", ROOT / "params.yaml")[0])
+    p = load_params(params)
+    assert (p.prepare.base_model, p.prepare.chat_template) == (base_model, "auto")  # their own template
+    assert (p.export.tokenizer_pre, p.export.license, p.export.formats) == (pre, license, ("f16", "q8_0"))
+    source = (CONVERTER_DIR / "conversion/base.py").read_text()
+    assert f'res = "{pre}"' in source
+
+
+def test_the_gpu_recipe_gives_its_base_model_a_template_and_exports_gguf() -> None:
+    for profile in ("gpu-recipe", "original"):
+        text, _ = apply(ROOT / f"configs/{profile}.yaml", ROOT / "params.yaml")
+        p = yaml.safe_load(text)
+        assert p["prepare"]["base_model"] == "unsloth/tinyllama" and p["prepare"]["chat_template"] == "auto"
+        assert p["export"]["formats"] == ["f16", "q8_0"], profile

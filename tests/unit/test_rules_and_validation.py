@@ -1,7 +1,7 @@
 import pytest
 
 from genz_speak.config import ValidationConfig
-from genz_speak.teachers.base import TeacherRequest
+from genz_speak.teachers.base import TeacherRequest, TeacherResult
 from genz_speak.teachers.rules import RulesTeacher, stylize
 from genz_speak.teachers.validate import numbers, rejection_reason
 
@@ -23,9 +23,24 @@ def test_stylize_varies_by_key() -> None:
     assert len(outs) > 5
 
 
-def test_rules_teacher_yields_one_result_per_request() -> None:
+class Collect:
+    """A journal that keeps what the teacher reports."""
+
+    def __init__(self) -> None:
+        self.results: list[TeacherResult] = []
+
+    def sent(self, id: str, endpoint: str) -> None:
+        raise AssertionError("the rules teacher sends no request")
+
+    def done(self, result: TeacherResult) -> None:
+        self.results.append(result)
+
+
+def test_rules_teacher_reports_one_result_per_request() -> None:
     reqs = [TeacherRequest(id=f"q-{i}", row={"response": SRC}, messages=[]) for i in range(3)]
-    results = list(RulesTeacher().rewrite(reqs))
+    journal = Collect()
+    RulesTeacher().rewrite(reqs, journal)
+    results = journal.results
     assert [r.id for r in results] == ["q-0", "q-1", "q-2"]
     assert all(r.text and r.error is None for r in results)
 

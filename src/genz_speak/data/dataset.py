@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from genz_speak.config import DollyCategory
 from genz_speak.errors import InputError
 from genz_speak.io import read_jsonl
 
 DOLLY_FIELDS = ("instruction", "context", "response", "category")
-DOLLY_CATEGORIES = frozenset(
-    {
-        "open_qa",
-        "general_qa",
-        "closed_qa",
-        "brainstorming",
-        "classification",
-        "information_extraction",
-        "summarization",
-        "creative_writing",
-    }
-)
+DOLLY_CATEGORIES = frozenset(get_args(DollyCategory))  # one list: params' prepare.categories too
 
 
 def row_id(row: dict[str, Any]) -> str:

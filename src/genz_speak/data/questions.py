@@ -10,7 +10,7 @@ from typing import Any
 
 from genz_speak.config import PrepareConfig
 from genz_speak.data.dataset import validate_row
-from genz_speak.errors import InputError, MissingInput
+from genz_speak.errors import InputError, MissingInput, ParamError
 from genz_speak.io import SkipBudget, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def load_source(cfg: PrepareConfig, budget: SkipBudget | None = None) -> list[di
         import pandas as pd
 
         if not path.is_file():
-            raise MissingInput(f"{path}: file not found (params.yaml: prepare.source.path)")
+            raise MissingInput(f"{path}: file not found ({ParamError.file}: prepare.source.path)")
         try:
             frame = pd.read_parquet(path)
         except Exception as err:  # pyarrow's errors have no common base worth naming
@@ -60,7 +60,7 @@ def load_source(cfg: PrepareConfig, budget: SkipBudget | None = None) -> list[di
         origin = str(path)
         rows = read_jsonl(path, check=validate_row, budget=budget)
     else:
-        raise InputError(f"params.yaml: prepare.source.path: {path} must be a .jsonl or .parquet file")
+        raise ParamError("prepare.source.path", f"{path} must be a .jsonl or .parquet file")
     if not rows:
         raise InputError(f"{origin}: no usable rows")
     for message in budget.skipped:

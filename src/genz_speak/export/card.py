@@ -51,15 +51,16 @@ print(chat([{"role": "user", "content": "Why is the sky blue?"}], max_new_tokens
 {% if gguf_rows %}
 ## GGUF files
 
-Written with gguf-py (no llama.cpp build), then reloaded through transformers and compared with the
-merged model at every position of {{ check_prompts }} held-out prompts (the largest logit difference, and
-how often both rank the same next token first); their tokenizer and chat template reproduce the merged
-model's exactly.
+Converted with llama.cpp's own `convert_hf_to_gguf.py`, then run (in llama.cpp, where the export had
+llama-cpp-python) and compared with the merged model at every position of {{ check_prompts }} held-out
+prompts (the largest logit difference, and how often both rank the same next token first); their
+tokenizer, chat template and the Modelfile's template reproduce the merged model's prompts token for token.
 
-| file | format | size | max \\|logit diff\\| vs merged (tolerance) | same top token |
-|---|---|---|---|---|
+| file | format | size | checked in | max \\|logit diff\\| vs merged (tolerance) | same top token |
+|---|---|---|---|---|---|
 {% for r in gguf_rows -%}
-| `{{ r.file }}` | {{ r.format }} | {{ r.size }} | {{ r.diff }} ({{ r.tolerance }}) | {{ r.agreement }} |
+| `{{ r.file }}` | {{ r.format }} | {{ r.size }} | {{ r.check }} | {{ r.diff }} ({{ r.tolerance }}) \
+| {{ r.agreement }} |
 {% endfor %}
 {%- endif %}
 ## Training data
@@ -142,7 +143,16 @@ def _teacher(params: Params) -> tuple[str, str]:
     )
 
 
-def _training(params: Params, train: dict[str, Any], merge: dict[str, Any]) -> str:
+# How the chat template came about, where genz-speak gave the base model one (prepare.chat_template).
+_TEMPLATES = {
+    "plain": "genz-speak's plain one (the base model has none): `<|user|>`, `<|assistant|>` role markers "
+    "as plain text, every turn ending in the tokenizer's EOS (TinyLlama-Chat's format)",
+    "chatml": "ChatML, given by genz-speak: `<|im_start|>`/`<|im_end|>` added as special tokens, their "
+    "embeddings trained with the adapter",
+}
+
+
+def _training(params: Params, train: dict[str, Any], merge: dict[str, Any], prepare: dict[str, Any]) -> str:
     t = params.train
     lora = t.lora
     length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epoch(s)"
@@ -155,6 +165,9 @@ def _training(params: Params, train: dict[str, Any], merge: dict[str, Any]) -> s
         f"{t.batch_size * t.gradient_accumulation_steps} rows per optimizer step, sequences up to "
         f"{t.max_seq_length} tokens, optimizer {t.optimizer}, seed {t.seed}; loss on the answer tokens only",
     ]
+    template = _TEMPLATES.get(prepare.get("base_model", {}).get("chat_template", "model"), "")
+    if template:
+        lines.append(f"- chat template: {template}")
     if train:
         lines.append(
             f"- {train.get('backend', '?')} backend on {train.get('device', '?')}: "
@@ -210,7 +223,8 @@ def model_card(
                 "file": g["file"],
                 "format": fmt,
                 "size": _mb(g["bytes"]),
-                "diff": g["max_logit_diff"],
+                "check": g.get("check", "?"),
+                "diff": g.get("max_logit_diff", "–"),
                 "tolerance": g["tolerance"],
                 "agreement": f"{g['top1_agreement']:.1%}" if "top1_agreement" in g else "–",
             }
@@ -223,7 +237,7 @@ def model_card(
         teacher_note=teacher_note,
         kept=generate.get("rows", "?"),
         rejected=generate.get("rejected", "?"),
-        training=_training(params, stage_metrics.get("train", {}), stage_metrics.get("merge", {})),
+        training=_training(params, stage_metrics.get("train", {}), stage_metrics.get("merge", {}), prepare),
         evaluation=tables.evaluation_section(evaluate),
         questions=evaluate.get("questions", "?"),
         decoding=decoding_note(params.evaluate.decoding),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from genz_speak.data.chat import render
 from genz_speak.errors import InputError
 
 if TYPE_CHECKING:
@@ -18,26 +19,44 @@ if TYPE_CHECKING:
 
 ROLES = ("system", "user", "assistant")
 _S = {role: f"\x00{role.upper()}\x00" for role in ROLES}  # contents no template alters or emits
+_NEXT_USER = "\x00USER2\x00"
 
 
 @dataclass(frozen=True)
 class ChatFormat:
-    """A chat template as per-role wrappers: a message renders as prefix + content + suffix."""
+    """A chat template as per-role wrappers: a message renders as prefix + content + suffix, after the
+    BOS the template starts with (llama.cpp and Ollama add that one themselves, so the TEMPLATE leaves it
+    out). Where the template has no system turn but folds a system message into the first user turn
+    (Gemma), `fold` is what joins the two."""
 
     prefix: dict[str, str]
     suffix: dict[str, str]
     generation_prompt: str
     default_system: str | None  # the system message the template adds when a conversation has none
+    bos: str = ""
+    fold: str | None = None
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": self.default_system}, *messages]
-        text = "".join(self.prefix[m["role"]] + m["content"] + self.suffix[m["role"]] for m in messages)
-        return text + (self.generation_prompt if add_generation_prompt else "")
+        text, system = "", None
+        for m in messages:
+            role, content = m["role"], m["content"]
+            if self.fold is not None and role == "system":
+                system = content
+                continue
+            if system is not None and role == "user":
+                content, system = system + self.fold + content, None  # type: ignore[operator]
+            text += self.prefix[role] + content + self.suffix[role]
+        return self.bos + text + (self.generation_prompt if add_generation_prompt else "")
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], gen: bool = False) -> str:
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen))
+    try:
+        return render(tokenizer, messages, add_generation_prompt=gen)
+    except Exception as err:  # a template that rejects a conversation (e.g. a system turn) raises anything
+        roles = ", ".join(m["role"] for m in messages)
+        raise InputError(f"export: the chat template cannot render the messages {roles}: {err}") from err
 
 
 def _split(text: str, sentinel: str, where: str) -> tuple[str, str]:
@@ -47,36 +66,55 @@ def _split(text: str, sentinel: str, where: str) -> tuple[str, str]:
     return before, after
 
 
+def _between(text: str, head: str, tail: str, what: str) -> str:
+    if not (text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail)):
+        raise InputError(f"export: {what}; Ollama's TEMPLATE cannot express it")
+    return text[len(head) : len(text) - len(tail)]
+
+
 def decompose(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
-    """The template's per-role wrappers, found by rendering conversations of sentinel contents."""
-    msgs = [{"role": role, "content": _S[role]} for role in ROLES]
-    prefix: dict[str, str] = {}
-    suffix: dict[str, str] = {}
-    done = ""
-    for n, role in enumerate(ROLES, start=1):
-        try:
-            text = _render(tokenizer, msgs[:n])
-        except Exception as err:  # a template that rejects a role (e.g. no system turns) raises anything
-            raise InputError(f"export: the chat template cannot render a {role} message: {err}") from err
-        if not text.startswith(done):
-            raise InputError(f"export: adding a {role} message changes how earlier messages render")
-        prefix[role], suffix[role] = _split(text[len(done) :], _S[role], role)
-        done = text
-    pair = msgs[:2]
-    generation_prompt = _render(tokenizer, pair, gen=True).removeprefix(_render(tokenizer, pair))
-    # A template may add its own system message when the conversation starts without one.
-    alone = _render(tokenizer, msgs[1:2])
-    user_turn = prefix["user"] + _S["user"] + suffix["user"]
+    """The template's per-role wrappers, found by rendering conversations of sentinel contents. The
+    assistant's are taken from a turn a user turn follows: a template may render the last assistant turn
+    apart (Qwen3 opens a thinking block there)."""
+    # The BOS the template starts with, where the tokenizer adds one itself (llama.cpp then does too).
+    bos = tokenizer.bos_token or ""
+    adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    lone = _render(tokenizer, [{"role": "user", "content": _S["user"]}])
+    bos = bos if bos and adds_bos and lone.startswith(bos) else ""
+
+    def body(roles: list[str], gen: bool = False) -> str:
+        contents = [_NEXT_USER if role == "user" and i > 1 else _S[role] for i, role in enumerate(roles)]
+        text = _render(
+            tokenizer, [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)], gen
+        )
+        return _between(text, bos, "", "the chat template does not start every conversation the same")
+
+    system, fold = body(["system"]), None
+    if _S["system"] in system:
+        prefix_s, suffix_s = _split(system, _S["system"], "system")
+        what = "adding a user message changes how the system message renders"
+        prefix_u, suffix_u = _split(_between(body(["system", "user"]), system, "", what), _S["user"], "user")
+    else:  # no system turn: the template folds a system message into the first user turn (Gemma)
+        prefix_s = suffix_s = ""
+        prefix_u, suffix_u = _split(body(["user"]), _S["user"], "user")
+        what = "the chat template neither renders a system turn nor folds it into the first user turn"
+        fold = _between(body(["system", "user"]), prefix_u + _S["system"], _S["user"] + suffix_u, what)
+    opening = body(["system", "user"])
+    what = "adding an assistant and a user message changes how earlier messages render"
+    turn = _between(
+        body(["system", "user", "assistant", "user"]), opening, prefix_u + _NEXT_USER + suffix_u, what
+    )
+    prefix_a, suffix_a = _split(turn, _S["assistant"], "assistant")
+    what = "the generation prompt changes how earlier messages render"
+    generation_prompt = _between(body(["system", "user"], gen=True), opening, "", what)
     default_system = None
-    if alone != user_turn:
-        head = alone.removesuffix(user_turn)
-        if not (head.startswith(prefix["system"]) and head.endswith(suffix["system"]) and alone != head):
-            raise InputError(
-                "export: the chat template adds text before a lone user message that is not a "
-                "system message; Ollama's TEMPLATE cannot express it"
-            )
-        default_system = head[len(prefix["system"]) : len(head) - len(suffix["system"])]
-    return ChatFormat(prefix, suffix, generation_prompt, default_system)
+    alone, user_turn = body(["user"]), prefix_u + _S["user"] + suffix_u
+    if fold is None and alone != user_turn:
+        what = "the chat template adds text before a lone user message that is not a system message"
+        default_system = _between(alone, prefix_s, suffix_s + user_turn, what)
+    prefix = {"system": prefix_s, "user": prefix_u, "assistant": prefix_a}
+    suffix = {"system": suffix_s, "user": suffix_u, "assistant": suffix_a}
+    return ChatFormat(prefix, suffix, generation_prompt, default_system, bos, fold)
 
 
 # Conversations the wrappers must reproduce exactly: with and without a system message, several turns,
@@ -121,17 +159,30 @@ def _literal(text: str, what: str) -> str:
 
 
 def go_template(fmt: ChatFormat) -> str:
-    """The wrappers as an Ollama (Go) TEMPLATE over .Messages. No `{{-` trim markers: they would eat the
-    newlines that the wrappers end with."""
+    """The wrappers as an Ollama (Go) TEMPLATE over .Messages, without the BOS (Ollama adds it). No `{{-`
+    trim markers: they would eat the newlines that the wrappers end with."""
+    roles = [r for r in ROLES if fmt.fold is None or r != "system"]
     branches = "{{ else if ".join(
-        f'eq .Role "{role}" }}}}{_literal(fmt.prefix[role], role + " prefix")}{{{{ .Content }}}}'
-        f"{_literal(fmt.suffix[role], role + ' suffix')}"
-        for role in ROLES
+        f'eq .Role "{role}" }}}}{_literal(fmt.prefix[role], role + " prefix")}'
+        + (
+            _FOLD.format(fold=_literal(fmt.fold, "system fold"))
+            if role == "user" and fmt.fold is not None
+            else ""
+        )
+        + f"{{{{ .Content }}}}{_literal(fmt.suffix[role], role + ' suffix')}"
+        for role in roles
     )
+    head = ""
+    if fmt.fold is not None:  # keep the system message for the first user turn
+        head = '{{ $system := "" }}'
+        branches = 'eq .Role "system" }}{{ $system = .Content }}{{ else if ' + branches
     return (
-        f"{{{{ range .Messages }}}}{{{{ if {branches}{{{{ end }}}}{{{{ end }}}}"
+        f"{head}{{{{ range .Messages }}}}{{{{ if {branches}{{{{ end }}}}{{{{ end }}}}"
         f"{_literal(fmt.generation_prompt, 'generation prompt')}"
     )
+
+
+_FOLD = '{{{{ if $system }}}}{{{{ $system }}}}{fold}{{{{ $system = "" }}}}{{{{ end }}}}'
 
 
 def stop_tokens(tokenizer: PreTrainedTokenizerBase, fmt: ChatFormat, eos_ids: list[int]) -> list[str]:

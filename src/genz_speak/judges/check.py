@@ -35,12 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="show the judge the reference answer (default: evaluate.llm.reference_guided)",
     )
     p.add_argument("--questions", type=int, help="only the first N questions (every kind of each)")
-    p.add_argument("--cache", type=Path, default=Path(".cache/judge.jsonl"), help="LLM verdicts, reused")
+    p.add_argument("--cache", type=Path, help="LLM verdicts, reused (default: $GENZ_SPEAK_CACHE/judge.jsonl)")
     p.add_argument(
         "--offline-cache",
         type=Path,
-        default=Path(".cache/offline-judge"),
-        help="the offline judge's LM and fit",
+        help="the offline judge's LM and fit (default: $GENZ_SPEAK_CACHE/offline-judge)",
     )
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
     p.add_argument(
@@ -99,7 +98,11 @@ def _judge_check(args: argparse.Namespace) -> None:
         keep = list(dict.fromkeys(r["qid"] for r in rows))[: args.questions]
         rows = [r for r in rows if r["qid"] in keep]
     corpus = read_corpus(args.corpus) if args.judge == "offline" else []
-    scores, info = run_judge(args.judge, cfg, rows, corpus, args.cache, args.offline_cache)
+    from genz_speak.cache import cache_root
+
+    cache = args.cache or cache_root() / "judge.jsonl"  # the stages' caches, shared with them
+    offline_cache = args.offline_cache or cache_root() / "offline-judge"
+    scores, info = run_judge(args.judge, cfg, rows, corpus, cache, offline_cache)
     result = agreement(rows, scores)
     name = "offline" if args.judge == "offline" else f"LLM judge {cfg.llm.model}"
     part = "" if args.split == "all" else f" ({args.split} part)"

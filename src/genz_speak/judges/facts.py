@@ -124,12 +124,12 @@ class FactCheck:
 
     @property
     def score(self) -> float:
-        """The share of the reference's numbers and names the answer keeps (1 where it has none), each
-        contradiction cutting it to 30%."""
+        """1 for an answer that keeps every number and name of the reference (or where it has none); what
+        it leaves out lowers that to a quarter at most (incomplete, not wrong); each one it replaces cuts
+        the result to 30%."""
         kept = [v for v in (self.numbers_kept, self.names_kept) if v is not None]
-        return (sum(kept) / len(kept) if kept else 1.0) * 0.3 ** (
-            self.numbers_contradicted + self.names_contradicted
-        )
+        complete = 0.25 + 0.75 * (sum(kept) / len(kept)) if kept else 1.0
+        return complete * 0.3 ** (self.numbers_contradicted + self.names_contradicted)
 
 
 def check_facts(answer: str, reference: str, instruction: str, context: str = "") -> FactCheck:

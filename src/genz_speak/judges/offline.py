@@ -6,30 +6,36 @@ hand-written Gen Z corpus.
   rewrites; two views (an LM's hidden states, character n-grams) must both call the text Gen Z, so a
   plain body with a wrapper scores below a natural rewrite. It never sees a run's own outputs, so it is
   the same across experiments and teachers, and a model that copies a teacher's tics gains nothing.
-- **helpfulness**: does the answer address the question, carry the reference's content, and state the
-  reference's numbers and names rather than others? The product of
-  - relevance: MiniLM cosine of the answer with the reference or the question (off-topic text, refusals
-    and spam are near neither);
-  - coverage: how much of the reference's content the answer carries, as BERTScore recall (Zhang et
-    al., 2020) over MiniLM token embeddings, so a paraphrase in slang still covers it;
-  - facts (`judges/facts.py`): the share of the reference's numbers and names the answer states, halved
-    for each number it states that neither the reference nor the question does, and cut by 30% for each
-    such capitalised name;
-  - 1 − the answer's repeated word-trigram share (a loop says little however long it runs).
-  Embedding similarity alone cannot tell a right number from a wrong one; the fact check can, for
-  numbers and names. Claims flipped in words ("smallest" for "largest") it does not catch: the LLM judge
-  with the reference is the judge for those.
+- **helpfulness**, by task type (Dolly's category is in every row):
+  - closed tasks (questions with one right answer, extraction, classification, summaries): does the
+    answer address the question, carry the reference's content and keep its numbers and names? The
+    product of relevance (MiniLM cosine with the reference or the question, scaled: off-topic text,
+    refusals and spam are near neither), completeness (coverage of the reference as BERTScore recall over
+    MiniLM token embeddings (Zhang et al., 2020), weighted COVERAGE_WEIGHT, so heavy slang or a short
+    answer is incomplete rather than wrong), facts (`judges/facts.py`: the reference's numbers and names
+    kept, matched forgivingly, a missing one lowering the score towards a quarter, each one replaced by a
+    number or name nothing supports cutting it to 30%; correct extra detail costs nothing) and
+    1 − the repeated word-trigram share;
+  - open-ended tasks (creative writing, brainstorming: one valid answer among many): relevance to the
+    question and the form it asks for (a haiku's three lines, the number of items or lines asked), not
+    overlap with the one reference.
+  A claim flipped in the same words ("smallest" for "largest", an item under the other class) is not
+  caught: BENCHMARKS.md ("The offline judge") records what was tried for it and measured (rule-made
+  flips with a cross-attention head or a fine-tuned MiniLM cross-encoder, the LM's likelihood, the LM
+  asked as a verifier); none held on human-written flips. The LLM judge with the reference is the judge
+  for those.
 - **coherence**: structure, not register (slang, lowercase and emoji are not faults), as the product of
   - 1 − 1.5 × the repeated word-trigram share (loops);
   - a penalty for emoji beyond the first, by their share of the tokens (emoji streams, tacked-on strings);
   - a penalty for a text of several words with almost no function words and no list structure (slang
     piled up without sentences);
-  - a penalty for an answer that stops on a word no English sentence ends on ("the", "of", "and", "has")
-    or on a comma (cut off mid-sentence).
+  - a penalty for an answer cut off mid-thought, by the ending model (`judges/ending.py`): the judge LM's
+    reading of how the text ends, fitted on the corpus's own texts against their random cuts, not a word
+    list.
   Perplexity is not used: it punishes slang and rewards loops.
 
-Every constant above was set once from what the rubric asks (not fitted to labels); `genz-speak
-judge-check` measures the result against the labelled calibration set.
+The constants were set from what the rubric asks and checked on the calibration set's dev part; its
+untouched part was kept out of every choice. `genz-speak judge-check` measures the result on both.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ import numpy as np
 
 from genz_speak import text as T
 from genz_speak.config import OfflineJudgeConfig
-from genz_speak.judges.consistency import OPEN_CATEGORIES
 from genz_speak.judges.facts import check_facts
 
-# The verifier's margin -> helpfulness factor (set on the calibration set's dev part; see `agreement`).
-AGREE_FLOOR, AGREE_CENTRE, AGREE_WIDTH = 0.3, 0.0, 1.0
+OPEN_CATEGORIES = frozenset({"creative_writing", "brainstorming"})  # one reference among many right answers
+# Coverage of the reference counts for this much of helpfulness on closed tasks; relevance and the fact
+# check carry the rest, so a correct answer in heavy slang or a short one is not scored like a wrong one.
+COVERAGE_WEIGHT = 0.7
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +127,7 @@ def coherence(text: str, cut_off: float) -> float:
     emoji_stream = 1.0 - 0.9 * min(1.0, extra_emoji / 0.3)
     list_like = any(ch in text for ch in ",:;\n") or any(ch.isdigit() for ch in text)
     no_sentences = n_words >= 6 and not list_like and T.function_word_ratio(text) < 0.12
-    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.7 * cut_off)
+    return loops * emoji_stream * (1.0 - 0.8 * no_sentences) * (1.0 - 0.5 * cut_off)
 
 
 _COUNT_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}  # noqa: SIM905
@@ -162,12 +169,6 @@ def form_fit(instruction: str, answer: str) -> float:
     return 1.0
 
 
-def agreement(margin: float) -> float:
-    """The verifier's Yes-over-No margin as a factor of helpfulness: 1 where it says the answer agrees with
-    the reference, down to AGREE_FLOOR where it is sure it does not."""
-    return AGREE_FLOOR + (1.0 - AGREE_FLOOR) / (1.0 + np.exp(-(margin - AGREE_CENTRE) / AGREE_WIDTH))
-
-
 def _scale(x: np.ndarray | float, low: float, high: float) -> np.ndarray:
     return np.clip((np.asarray(x) - low) / (high - low), 0.0, 1.0)
 
@@ -182,18 +183,14 @@ class OfflineJudge:
     ):
         """`cache_dir` keeps the judge's cut LM and its fitted models between runs; `exclude` are the
         questions being judged, which no fit sees."""
-        from genz_speak.judges.consistency import Verifier
         from genz_speak.judges.ending import EndingModel
-        from genz_speak.judges.style import LayerFeatures, StyleModel, cached_lm
-        from genz_speak.models import load_causal_lm, load_tokenizer
+        from genz_speak.judges.style import LayerFeatures, StyleModel
 
         self.cfg = cfg
         self.encoder = Encoder(cfg.encoder)
         features = LayerFeatures.load(cfg.lm, cfg.lm_layers, cache_dir)
         self.style = StyleModel.fitted(corpus, features, exclude, cache_dir, cfg.lm)
         self.ending = EndingModel.fitted(corpus, features, exclude, cache_dir, cfg.lm)
-        whole = cached_lm(cfg.lm, cache_dir)
-        self.verifier = Verifier(load_causal_lm(whole), load_tokenizer(whole))
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
         """Per item: the three criteria in [0, 1], and the parts they are made of (for inspection). An
@@ -208,11 +205,6 @@ class OfflineJudge:
         relevance = _scale(np.maximum((ans * ref).sum(1), (ans * asked).sum(1)), 0.25, 0.6)
         ans_tokens = self.encoder.content_tokens(answers)
         ref_tokens = self.encoder.content_tokens([it.reference for it in items])
-        closed = [i for i, it in enumerate(items) if it.category not in OPEN_CATEGORIES and answers[i]]
-        margin = np.zeros(len(items), dtype=np.float32)
-        margin[closed] = self.verifier.margins(
-            [items[i].reference for i in closed], [answers[i] for i in closed]
-        )
         out = []
         for i, it in enumerate(items):
             facts = check_facts(it.answer, it.reference, it.instruction, it.context)
@@ -223,7 +215,8 @@ class OfflineJudge:
                 # its overlap with the reference.
                 helpful = float(to_question[i]) * form_fit(it.instruction, it.answer) * (1.0 - rep)
             else:
-                helpful = float(relevance[i]) * cov * facts.score * agreement(float(margin[i])) * (1.0 - rep)
+                complete = 1.0 - COVERAGE_WEIGHT * (1.0 - cov)
+                helpful = float(relevance[i]) * complete * facts.score * (1.0 - rep)
             empty = not answers[i]
             out.append(
                 {
@@ -235,7 +228,6 @@ class OfflineJudge:
                         "to_question": round(float(to_question[i]), 4),
                         "coverage": round(cov, 4),
                         "facts": round(facts.score, 4),
-                        "agreement_margin": round(float(margin[i]), 4),
                         "repetition": round(rep, 4),
                         "cut_off": round(float(cut[i]), 4),
                     },

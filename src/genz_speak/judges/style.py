@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from genz_speak.errors import InputError
+from genz_speak.errors import ParamError
 from genz_speak.io import atomic_dir, atomic_open
 
 log = logging.getLogger(__name__)
@@ -37,25 +37,23 @@ log = logging.getLogger(__name__)
 TEST_SHARE = 5  # one question in five (by id hash) is held out to measure the fitted views
 
 
-def cached_lm(name: str, cache_dir: Path, layers: int | None = None) -> Path:
-    """The folder of the judge LM `name`, cut to its first `layers` layers (None: whole), saved under
-    `cache_dir` on first use: converting the embedded GGUF takes most of a minute, the saved folder loads
-    in a second."""
+def cached_lm(name: str, cache_dir: Path, layers: int) -> Path:
+    """The folder of the judge LM `name` cut to its first `layers` layers, saved under `cache_dir` on first
+    use: converting the embedded GGUF takes most of a minute, the saved cut loads in a second."""
     from genz_speak.models import load_judge_lm, model_fingerprint
 
     origin = model_fingerprint(Path(name)) if Path(name).is_dir() else name
-    key = hashlib.sha256(json.dumps([origin, layers] if layers else [origin]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([origin, layers]).encode()).hexdigest()[:16]
     folder = cache_dir / f"lm-{key}"
     if not (folder / "config.json").is_file():
         model, tokenizer = load_judge_lm(name)
-        if layers is not None:
-            if layers > model.config.num_hidden_layers:
-                raise InputError(
-                    f"params.yaml: evaluate.offline.lm_layers: {name} has {model.config.num_hidden_layers} "
-                    f"layers, not {layers}"
-                )
-            model.model.layers = model.model.layers[:layers]
-            model.config.num_hidden_layers = layers
+        if layers > model.config.num_hidden_layers:
+            raise ParamError(
+                "evaluate.offline.lm_layers",
+                f"{name} has {model.config.num_hidden_layers} layers, not {layers}",
+            )
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
         with atomic_dir(folder) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

@@ -7,8 +7,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from genz_speak.cache import cache_root
 from genz_speak.config import EvaluateConfig
 from genz_speak.data.chat import user_message
 from genz_speak.data.corpus import read_corpus
@@ -18,6 +19,9 @@ from genz_speak.io import atomic_open, write_json, write_jsonl
 from genz_speak.judges import CRITERIA
 from genz_speak.reports import summary, tables
 from genz_speak.reports.stats import spearman
+
+if TYPE_CHECKING:
+    from genz_speak.generation import Answer
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +35,9 @@ class Paths:
     corpus: Path  # the hand-written Gen Z corpus the offline judge's style model is fitted on
     out_dir: Path  # answers.jsonl, scores.jsonl
     plots_dir: Path  # means.json, paired.json, scores.json for `dvc plots`
-    judge_cache: Path  # LLM verdicts, reused across runs
-    offline_cache: Path  # the offline judge's cut LM and fitted style model
-    answer_cache: Path  # answers per finished batch: a killed run resumes
     report: Path  # metrics/report.md
+    # The caches (LLM verdicts, answers per finished batch, the offline judge's models) are shared by
+    # every experiment: under `cache.cache_root()`, not in the workspace.
 
 
 def questions(
@@ -87,16 +90,9 @@ def check_judgements(cfg: EvaluateConfig, failed: int, total: int, errors: list[
     )
 
 
-def _offline(
-    cfg: EvaluateConfig,
-    records: list[dict[str, Any]],
-    corpus: list[dict[str, Any]],
-    paths: Paths,
-    exclude: frozenset[str],
-) -> dict[str, Any]:
-    from genz_speak.judges.offline import Item, OfflineJudge
+def _offline(judge: Any, records: list[dict[str, Any]], cfg: EvaluateConfig) -> dict[str, Any]:
+    from genz_speak.judges.offline import Item
 
-    judge = OfflineJudge(cfg.offline, corpus, paths.offline_cache, exclude=exclude)
     items = [Item(r["instruction"], r["context"], r["text"], r["reference"], r["category"]) for r in records]
     for rec, s in zip(records, judge.score(items), strict=True):
         rec["offline"] = s
@@ -108,13 +104,14 @@ def _offline(
             "train_texts": style.train_texts,
             "test_texts": style.test_texts,
         },
+        "ending_model": {"heldout_accuracy": round(judge.ending.heldout_accuracy, 4)},
     }
 
 
-def _llm(cfg: EvaluateConfig, records: list[dict[str, Any]], cache: Path) -> dict[str, Any]:
-    from genz_speak.judges.llm import LLMJudge
-
-    judge = LLMJudge(cfg.llm, cache)
+def _llm(
+    judge: Any, records: list[dict[str, Any]], cfg: EvaluateConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The LLM judge's summary, and how its run went (requests, tokens, cost: metrics/run/evaluate.json)."""
     verdicts = judge.judge([(r["question"], r["text"], r["reference"]) for r in records])
     judge.close()
     for rec, v in zip(records, verdicts, strict=True):
@@ -125,16 +122,36 @@ def _llm(cfg: EvaluateConfig, records: list[dict[str, Any]], cache: Path) -> dic
     check_judgements(cfg, failed, len(verdicts), [v.error for v in verdicts if v.error])
     if failed:
         log.warning("%d of %d judgements failed; see llm.error in scores.jsonl", failed, len(verdicts))
-    usage = judge.usage()
-    usage |= {"judgements": len(verdicts), "failed": failed, "cached": sum(v.cached for v in verdicts)}
+    usage = {"model": cfg.llm.model, "judgements": len(verdicts), "failed": failed}
+    run = {
+        **judge.usage(),
+        "judged": len(verdicts) - sum(v.cached for v in verdicts),
+        "cached": sum(v.cached for v in verdicts),
+    }
     return {
         **summary.judge_summary(records, "llm", CRITERIA, cfg.bootstrap_samples, cfg.seed),
         "usage": usage,
-    }
+    }, run
+
+
+def _judges(cfg: EvaluateConfig, corpus: list[dict[str, Any]], exclude: frozenset[str]) -> dict[str, Any]:
+    """The configured judges, built before any answer is generated: a missing key, a dead judge endpoint
+    or a bad offline-judge setting stops the stage before it spends minutes answering or writes anything."""
+    judges: dict[str, Any] = {}
+    if cfg.judge in ("openai", "both"):
+        from genz_speak.judges.llm import LLMJudge
+
+        judges["llm"] = LLMJudge(cfg.llm, cache_root() / "judge.jsonl")
+    if cfg.judge in ("offline", "both"):
+        from genz_speak.judges.offline import OfflineJudge
+
+        judges["offline"] = OfflineJudge(cfg.offline, corpus, cache_root() / "offline-judge", exclude=exclude)
+    return judges
 
 
 def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
-    """Answer, judge and summarise; write answers, per-answer scores, plot data and the report."""
+    """Check the judges, answer, judge and summarise; then write answers, per-answer scores, plot data and
+    the report together (a failure anywhere before leaves the previous outputs as they were)."""
     from genz_speak.generation import answer_questions
 
     qs = questions(
@@ -142,34 +159,21 @@ def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
     )
     dataset = read_dataset(paths.dataset)
     corpus = read_corpus(paths.corpus)
-    decoding = {"decoding": cfg.decoding, "batch_size": cfg.batch_size}
-    base = answer_questions(paths.base, qs, paths.answer_cache, **decoding)
-    gen = answer_questions(paths.merged, qs, paths.answer_cache, **decoding)
-    base_answers, gen_answers = [a.text for a in base], [a.text for a in gen]
-    records = build_records(qs, base_answers, gen_answers, {r["id"]: r["output"] for r in dataset})
-    write_jsonl(
-        paths.out_dir / "answers.jsonl",
-        [
-            {
-                "id": q["id"],
-                "set": q["set"],
-                "question": user_message(q),
-                "reference": q["response"],
-                "base_model": b.text,
-                "gen": g.text,
-                "base_model_ended": b.ended,
-                "gen_ended": g.ended,
-            }
-            for q, b, g in zip(qs, base, gen, strict=True)
-        ],
+    judges = _judges(cfg, corpus, frozenset(q["id"] for q in qs))
+    answer_cache = cache_root() / "answers.jsonl"
+    base = answer_questions(paths.base, qs, answer_cache, decoding=cfg.decoding, batch_size=cfg.batch_size)
+    gen = answer_questions(paths.merged, qs, answer_cache, decoding=cfg.decoding, batch_size=cfg.batch_size)
+    records = build_records(
+        qs, [a.text for a in base], [a.text for a in gen], {r["id"]: r["output"] for r in dataset}
     )
     metrics: dict[str, Any] = {"questions": len(qs), "judges": []}
-    if cfg.judge in ("offline", "both"):
+    run_info: dict[str, Any] = {}
+    if "offline" in judges:
         metrics["judges"].append("offline")
-        metrics["offline"] = _offline(cfg, records, corpus, paths, frozenset(q["id"] for q in qs))
-    if cfg.judge in ("openai", "both"):
+        metrics["offline"] = _offline(judges["offline"], records, cfg)
+    if "llm" in judges:
         metrics["judges"].append("llm")
-        metrics["llm"] = _llm(cfg, records, paths.judge_cache)
+        metrics["llm"], run_info["llm"] = _llm(judges["llm"], records, cfg)
     if cfg.judge == "both":
         metrics["agreement_spearman"] = {
             c: spearman(
@@ -181,12 +185,38 @@ def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
     metrics["surface"] = summary.surface(
         records, {"base_model": [a.ended for a in base], "gen": [a.ended for a in gen]}
     )
+    _write(paths, qs, base, gen, records, tables.report(metrics, run_info), metrics)
+    return {**metrics, "run": run_info}
+
+
+def _write(
+    paths: Paths,
+    qs: list[dict[str, Any]],
+    base: list[Answer],
+    gen: list[Answer],
+    records: list[dict[str, Any]],
+    report: str,
+    metrics: dict[str, Any],
+) -> None:
     for name, rows in summary.plot_data(metrics, records, CRITERIA).items():
         write_json(paths.plots_dir / f"{name}.json", rows)
+    answers = [
+        {
+            "id": q["id"],
+            "set": q["set"],
+            "question": user_message(q),
+            "reference": q["response"],
+            "base_model": b.text,
+            "gen": g.text,
+            "base_model_ended": b.ended,
+            "gen_ended": g.ended,
+        }
+        for q, b, g in zip(qs, base, gen, strict=True)
+    ]
+    write_jsonl(paths.out_dir / "answers.jsonl", answers)
     write_jsonl(
         paths.out_dir / "scores.jsonl",
         [{k: v for k, v in r.items() if k not in ("instruction", "context")} for r in records],
     )
     with atomic_open(paths.report) as f:
-        f.write(tables.report(metrics))
-    return metrics
+        f.write(report)

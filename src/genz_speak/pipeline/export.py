@@ -1,6 +1,6 @@
-"""export: the merged model as GGUF files (each reloaded and checked against it), an Ollama Modelfile and
-the model card; written to a temporary folder and put in place only when every check passes (a failed
-check leaves the previous export as it was)."""
+"""export: the merged model as GGUF files (llama.cpp's own converter; each file checked against the merged
+model in llama.cpp), an Ollama Modelfile and the model card; written to a temporary folder and put in
+place only when every check passes (a failed check leaves the previous export as it was)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from genz_speak.config import ExportConfig, GgufFormat
 from genz_speak.data.chat import chat_prompts, encoded_prompts
 from genz_speak.data.dataset import read_split
 from genz_speak.errors import MissingInput, StageFailed
-from genz_speak.export import card, ollama
-from genz_speak.export.gguf_file import write_gguf
-from genz_speak.export.verify import TOKENIZER_PROBE, check_gguf, logits
+from genz_speak.export import card, converter, ollama, verify
 from genz_speak.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -35,32 +33,28 @@ def gguf_name(name: str, fmt: GgufFormat) -> str:
     return f"{name}-{fmt}.gguf"
 
 
-def _format(
-    cfg: ExportConfig, fmt: GgufFormat, path: Path, types: dict[str, int], check: dict[str, Any]
-) -> dict[str, Any]:
+def _format(cfg: ExportConfig, fmt: GgufFormat, path: Path, check: dict[str, Any]) -> dict[str, Any]:
     tolerance = getattr(cfg.tolerance, fmt)
-    diff, problems = check["max_logit_diff"], check["tokenizer_problems"]
+    diff, problems = check.get("max_logit_diff"), check["tokenizer_problems"]
     log.info(
-        "%s: max |logit diff| %.5f (tolerance %g), top-1 agreement %.4f, tokenizer problems: %s",
-        path.name, diff, tolerance, check["top1_agreement"], problems or "none",
+        "%s (%s check): max |logit diff| %s (tolerance %g), top-1 agreement %s, tokenizer problems: %s",
+        path.name, check["check"], diff, tolerance, check.get("top1_agreement"), problems or "none",
     )  # fmt: skip
-    return {
-        "file": path.name,
-        "bytes": path.stat().st_size,
-        "tensor_types": types,
-        "max_logit_diff": round(diff, 5),
-        "tolerance": tolerance,
-        "top1_agreement": round(check["top1_agreement"], 4),
-        "tokenizer_problems": problems,
-        "passed": diff <= tolerance and not problems,
-    }
+    result = {"file": path.name, "bytes": path.stat().st_size, **check, "tolerance": tolerance}
+    for key in ("max_logit_diff", "top1_agreement", "next_token_agreement"):
+        if key in result:
+            result[key] = round(result[key], 5 if key == "max_logit_diff" else 4)
+    result["passed"] = (diff is None or diff <= tolerance) and not problems
+    return result
 
 
 def _write_ggufs(
     cfg: ExportConfig, merged_dir: Path, tmp: Path, heldout: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The GGUF files and the Modelfile, written to `tmp` and checked; their metrics. Raises StageFailed
-    listing every failed check."""
+    """The GGUF files (llama.cpp's converter) and the Modelfile, written to `tmp` and checked; their
+    metrics. Raises StageFailed listing every failed check."""
+    import tempfile
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -70,21 +64,23 @@ def _write_ggufs(
     chat = ollama.decompose(tokenizer)
     probes = ollama.check_roundtrip(tokenizer, chat)
     reference = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    prompts = chat_prompts(tokenizer, heldout, cfg.check_prompts)
     inputs = encoded_prompts(tokenizer, heldout, cfg.check_prompts)
-    reference_logits = logits(reference, inputs)
-    texts = [*chat_prompts(tokenizer, heldout, cfg.check_prompts), TOKENIZER_PROBE]
+    reference_logits = verify.logits(reference, inputs)
+    files = {fmt: tmp / gguf_name(cfg.name, fmt) for fmt in cfg.formats}
+    with tempfile.TemporaryDirectory() as work:
+        template = converter.gguf_chat_template(tokenizer.chat_template)
+        staged = converter.stage(merged_dir, Path(work) / "staged", tokenizer, template, cfg.license)
+        converted = converter.convert(staged, files, name=cfg.name, tokenizer_pre=cfg.tokenizer_pre)
     formats: dict[str, dict[str, Any]] = {}
     failures = []
-    for fmt in cfg.formats:
-        path = tmp / gguf_name(cfg.name, fmt)
-        types = write_gguf(
-            reference, tokenizer, merged_dir, path, fmt,
-            name=cfg.name, license=cfg.license, tokenizer_pre=cfg.tokenizer_pre,
-        )  # fmt: skip
-        formats[fmt] = result = _format(
-            cfg, fmt, path, types, check_gguf(path, reference_logits, tokenizer, inputs, texts)
-        )
-        if result["max_logit_diff"] > result["tolerance"]:
+    for fmt, path in files.items():
+        if verify.has_llama_cpp():
+            check = verify.check_llama_cpp(path, tokenizer, chat, prompts, inputs, reference_logits)
+        else:
+            check = verify.check_transformers(path, tokenizer, reference.config, inputs, reference_logits)
+        formats[fmt] = result = _format(cfg, fmt, path, check)
+        if result.get("max_logit_diff", 0.0) > result["tolerance"]:
             failures.append(
                 f"{path.name}: max |logit diff| {result['max_logit_diff']:.4f} > export.tolerance.{fmt} "
                 f"{result['tolerance']}"
@@ -100,6 +96,11 @@ def _write_ggufs(
     (tmp / "Modelfile").write_text(ollama.modelfile(source, chat, stops, cfg.num_ctx), encoding="utf-8")
     return {
         "formats": formats,
+        "converter": {
+            **converted.converter,
+            "tokenizer_pre": converted.tokenizer_pre,
+            "tokenizer_pre_from": converted.pre_source,
+        },
         "check_prompts": int(inputs["input_ids"].shape[0]),
         "chat_template_probes": probes,
         "modelfile": {

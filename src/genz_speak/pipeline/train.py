@@ -5,6 +5,7 @@ parallel) and rank 0 alone writes every output."""
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import shutil
 import time
@@ -16,7 +17,8 @@ from genz_speak.config import TrainConfig
 from genz_speak.data.chat import prompt_completion
 from genz_speak.data.dataset import read_dataset
 from genz_speak.errors import InputError, StageFailed
-from genz_speak.io import atomic_dir
+from genz_speak.io import atomic_dir, replace_dir
+from genz_speak.models import save_tokenizer
 from genz_speak.training import attention, backends, callbacks, distributed
 from genz_speak.training.checkpoints import prepare_work_dir
 from genz_speak.training.sft import attention_kernel, build_trainer, check_masking, library_versions
@@ -42,10 +44,21 @@ class Fitted:
     metrics: dict[str, Any]
 
 
+def live_tmp(live_dir: Path) -> Path:
+    """Where DVCLive writes during the run (git- and dvc-ignored as *.tmp): `live_dir` is replaced only by a
+    run that finishes, and a resumed run continues the curves a killed one left here."""
+    return live_dir.with_name(live_dir.name + ".tmp")
+
+
 def _add_reporting(
     trainer: Any, cfg: TrainConfig, rows: list[dict[str, Any]], live_dir: Path, tokenizer: Any, resumed: bool
 ) -> None:
-    """Rank 0's callbacks: DVCLive curves, and sample answers to the first validation questions."""
+    """Rank 0's callbacks: DVCLive curves, and sample answers to the first validation questions, written
+    to `live_tmp(live_dir)`."""
+    live_dir = live_tmp(live_dir)
+    if not resumed:
+        shutil.rmtree(live_dir, ignore_errors=True)
+    live_dir.mkdir(parents=True, exist_ok=True)
     trainer.add_callback(callbacks.live_callback(live_dir, resume=resumed))
     samples = [r for r in rows if r["split"] == "validation"][: cfg.sample_questions]
     (live_dir / "samples.jsonl").touch()  # the stage's output even when nothing is sampled
@@ -105,13 +118,7 @@ def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: 
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.monotonic() - start
     kernel = attention_kernel(backend, trainer, attention.kernel_calls - calls_before)
-
-    peak_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    ranks = distributed.gather({"adapter": distributed.adapter_digest(trainer.model), "peak_mb": peak_mb})
+    ranks = distributed.gather({"adapter": distributed.adapter_digest(trainer.model), "peak_mb": _peak_mb()})
     distributed.finish()  # the last collective: rank 0 saves alone from here
     if not main:
         return None
@@ -143,6 +150,15 @@ def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: 
     return Fitted(trainer, prepared.tokenizer, _metrics(cfg, trainer, masking, run))
 
 
+def _peak_mb() -> float:
+    """This process's peak memory so far: CUDA's allocated bytes, else the resident set (RSS)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _kernel_path(precision: str, cuda: bool) -> str:
     if cuda:
         return "bf16 autocast, CUDA"
@@ -162,7 +178,6 @@ def _metrics(cfg: TrainConfig, trainer: Any, masking: dict[str, int], run: dict[
     end_of_turn = evals[-1].get("eval_end_of_turn_prob") if evals else None
     return {
         "backend": run["backend"],
-        "versions": library_versions(run["backend"], cfg.load_in_4bit),
         "device": run["device"],
         "precision": run["precision"],
         "kernel_path": run["kernel_path"],
@@ -187,33 +202,57 @@ def _metrics(cfg: TrainConfig, trainer: Any, masking: dict[str, int], run: dict[
         "tokens": int(tokens),  # non-padding tokens of every step, all processes
         "completion_tokens": masking["completion_tokens"],
         "rows_fully_masked": masking["rows_fully_masked"],
-        # Over the optimizer steps' own time: evaluation, sample answers and checkpoints excluded.
-        "tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
-        "tokens_per_s_steady": round(steady, 1) if steady else None,
-        "train_s": round(train_s, 1),
-        "wall_s": round(run["wall_s"], 1),
-        "peak_memory_mb": round(run["peak_mb"], 1),
-        "peak_memory_kind": "cuda_allocated" if run["cuda"] else "process_rss",
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "adapter_sha256": run["adapter"],
         "adapter_ranks_checked": run["ranks"],
+        # How the run went (metrics/run/train.json): the same adapter gives other numbers here.
+        "run": {
+            "versions": library_versions(run["backend"], cfg.load_in_4bit),
+            # Over the optimizer steps' own time: evaluation, sample answers and checkpoints excluded.
+            "tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
+            "tokens_per_s_steady": round(steady, 1) if steady else None,
+            "train_s": round(train_s, 1),
+            "wall_s": round(run["wall_s"], 1),
+            "peak_memory_mb": round(run["peak_mb"], 1),
+            "peak_memory_kind": "cuda_allocated" if run["cuda"] else "process_rss",
+        },
     }
+
+
+def _publish_live(tmp: Path, live_dir: Path) -> None:
+    """Move each of DVCLive's entries into `live_dir`, replacing the previous run's; files DVCLive does not
+    write there (the tracked .gitignore) stay."""
+    live_dir.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(tmp.iterdir()):
+        target = live_dir / entry.name
+        if entry.is_dir():
+            replace_dir(entry, target)
+        else:
+            os.replace(entry, target)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(cfg: TrainConfig, paths: Paths) -> dict[str, Any] | None:
     """Train the adapter and write it (rank 0); its metrics, or None in the other data-parallel ranks."""
     rows = read_dataset(paths.dataset)  # bad data stops the stage here, before any process is launched
+    backends.check_target_modules(cfg, paths.base)  # and params the model cannot take, likewise
     processes = distributed.num_processes(cfg)
     if processes > 1 and distributed.world_size() == 1:
         distributed.rows_per_process(cfg, processes)  # an uneven split is a params error, said once
         raise SystemExit(distributed.relaunch(processes))
     if processes == 1:
         distributed.use_one_gpu()
-    fitted = _fit(cfg, rows, paths, processes)
+    try:
+        fitted = _fit(cfg, rows, paths, processes)
+    except BaseException:
+        if not cfg.resume:  # with train.resume, a rerun continues these curves from the checkpoints
+            shutil.rmtree(live_tmp(paths.live_dir), ignore_errors=True)
+        raise
     if fitted is None:
         return None
     with atomic_dir(paths.out) as tmp:  # the adapter appears only once complete
         fitted.trainer.model.save_pretrained(tmp)
-        fitted.tokenizer.save_pretrained(tmp)
+        save_tokenizer(fitted.tokenizer, tmp)
+    _publish_live(live_tmp(paths.live_dir), paths.live_dir)
     shutil.rmtree(paths.work_dir, ignore_errors=True)  # checkpoints only serve an unfinished run
     return fitted.metrics

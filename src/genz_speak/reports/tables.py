@@ -72,29 +72,35 @@ def judge_section(judge: str, m: dict[str, Any], level: str = "##") -> str:
     return text
 
 
-def _judge_notes(judge: str, m: dict[str, Any]) -> str:
+def _judge_notes(judge: str, m: dict[str, Any], run: dict[str, Any]) -> str:
     if judge == "offline" and "style_model" in m:
         acc = m["style_model"]["heldout_accuracy"]
         return (
             "Style model held-out accuracy on the corpus: "
             + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
             + f" ({m['style_model']['test_texts']} texts)."
+            + (
+                f" Ending model (cut-offs) held-out accuracy: {m['ending_model']['heldout_accuracy']:.3f}."
+                if "ending_model" in m
+                else ""
+            )
         )
     if judge == "llm" and "usage" in m:
-        u = m["usage"]
-        return (
-            f"{u['judgements']} judgements, {u['failed']} failed, {u['cached']} cached; "
-            f"{u['requests']} requests, about ${u['cost_usd']:.4f}."
-        )
+        u, spent = m["usage"], run.get("llm") or {}
+        text = f"{u['judgements']} judgements, {u['failed']} failed"
+        if spent:  # every run's requests that built these judgements (metrics/run/evaluate.json)
+            text += f"; {spent['requests']} requests, about ${spent['cost_usd']:.4f}"
+        return text + "."
     return ""
 
 
-def report(metrics: dict[str, Any]) -> str:
-    """metrics/report.md: per judge the group table and the paired difference, then surface statistics."""
+def report(metrics: dict[str, Any], run: dict[str, Any] | None = None) -> str:
+    """metrics/report.md: per judge the group table and the paired difference, then surface statistics;
+    `run` (how the run went) adds the LLM judge's requests and cost."""
     lines = [f"# genz-speak evaluation\n\n{metrics['questions']} questions (held-out + validation).\n"]
     for judge in metrics["judges"]:
         m = metrics[judge]
-        lines += [judge_section(judge, m), _judge_notes(judge, m), ""]
+        lines += [judge_section(judge, m), _judge_notes(judge, m, run or {}), ""]
     if "agreement_spearman" in metrics:
         lines += [
             "## Offline vs LLM judge (Spearman over every judged text)\n",

@@ -6,8 +6,9 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from genz_speak.config import FewShotConfig, GenerateConfig
@@ -30,14 +31,31 @@ class TeacherResult:
     retries: int = 0
     teacher: str | None = None  # who wrote it, where a teacher has more than one source (corpus + rules)
     faults: dict[str, int] = field(default_factory=dict)  # failed requests by `llm_client.fault_label`
+    endpoint: str | None = None  # the identity of who answered (`Teacher.endpoints`)
+    finish_reason: str | None = None  # why the reply ended: "stop", or "length" when max tokens cut it
+
+
+class Journal(Protocol):
+    """Where a teacher reports its work as it happens, from whichever thread does it (generate keeps the
+    cache log): each request as it is sent (so a killed run's paid requests are counted), each result as
+    it finishes."""
+
+    def sent(self, id: str, endpoint: str) -> None: ...
+
+    def done(self, result: TeacherResult) -> None: ...
 
 
 class Teacher(Protocol):
-    """Rewrites a batch of requests; yields one result per request, in any order, as each finishes."""
+    """Rewrites a batch of requests, reporting one result per request to the journal, in any order."""
 
     name: str
 
-    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]: ...
+    def endpoints(self) -> frozenset[str]:
+        """Who may have written a cached rewrite this run reuses: the identities of the servers it asks
+        (URL and model description) or, offline, of the model or rules that write the rewrites."""
+        ...
+
+    def rewrite(self, requests: Iterable[TeacherRequest], journal: Journal) -> None: ...
 
     def stats(self) -> dict[str, Any]:
         """Teacher-specific counters for metrics/generate.json (the openai teacher: per endpoint)."""
@@ -125,22 +143,43 @@ def teacher_chats(
     }
 
 
+def local_model_identity(kind: str, model: str) -> str:
+    """Who writes the rewrites of a local model: its weights' content hash for a folder (so retraining
+    it in place invalidates its cached rewrites), the id for a hub model."""
+    from genz_speak.models import model_fingerprint
+
+    folder = Path(model)
+    return f"{kind}:{model_fingerprint(folder) if folder.is_dir() else model}"
+
+
+def teacher_request(cfg: GenerateConfig, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """The chat completion request an LLM teacher makes for one row (the openai teacher sends exactly this;
+    the local engines take the same sampling)."""
+    from genz_speak.llm_client import chat_request
+
+    s = cfg.sampling
+    return chat_request(
+        cfg.model,
+        messages,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        max_tokens=s.max_new_tokens,
+        seed=s.seed,
+    )
+
+
 def rewrite_key(
     cfg: GenerateConfig, row: dict[str, Any], messages: list[dict[str, str]], corpus: dict[str, str]
 ) -> str:
-    """Everything that determines a rewrite: the teacher and, for an LLM teacher, its model, the whole
-    chat it is sent (system prompt, few-shot exemplars, the row's prompt) and sampling; the source row."""
+    """Everything in the request that determines a rewrite: the teacher and, for an LLM teacher, the whole
+    request it sends (model, system prompt, few-shot exemplars, the row's prompt, sampling and seed); the
+    source row. Who answers it is recorded beside (`Teacher.endpoints`), not in the key."""
     if cfg.teacher == "rules":
         teacher: dict[str, Any] = {"teacher": "rules", "version": RULES_VERSION}
     elif cfg.teacher == "corpus":
         teacher = {"teacher": "corpus", "rewrite": corpus.get(row["id"]), "rules_version": RULES_VERSION}
     else:
-        teacher = {
-            "teacher": cfg.teacher,
-            "model": cfg.model,
-            "messages": messages,
-            "sampling": asdict(cfg.sampling),
-        }
+        teacher = {"teacher": cfg.teacher, "request": teacher_request(cfg, messages)}
     source = {k: row[k] for k in ("instruction", "context", "response")}
     blob = json.dumps({"t": teacher, "s": source}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -8,12 +8,12 @@ in the dataset's `teacher` field.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from genz_speak.config import GenerateConfig
-from genz_speak.errors import InputError
-from genz_speak.teachers.base import TeacherRequest, TeacherResult
+from genz_speak.errors import ParamError
+from genz_speak.teachers.base import Journal, TeacherRequest, TeacherResult
 from genz_speak.teachers.rules import stylize
 
 CARICATURE = "rules (caricature)"
@@ -25,14 +25,19 @@ class CorpusTeacher:
     def __init__(self, corpus: Sequence[dict[str, Any]]):
         self.rewrites = {r["id"]: r["genz"] for r in corpus}
 
-    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
+    def endpoints(self) -> frozenset[str]:
+        # The cache key holds the rewrite itself (and the rules version for rows without one).
+        return frozenset({self.name})
+
+    def rewrite(self, requests: Iterable[TeacherRequest], journal: Journal) -> None:
         # Rows without a rewrite reach here only with generate.corpus_missing: rules (generate checks).
         for req in requests:
             text = self.rewrites.get(req.id)
             if text is not None:
-                yield TeacherResult(id=req.id, text=text, teacher=self.name)
+                journal.done(TeacherResult(id=req.id, text=text, teacher=self.name, endpoint=self.name))
             else:
-                yield TeacherResult(id=req.id, text=stylize(req.row["response"], req.id), teacher=CARICATURE)
+                text = stylize(req.row["response"], req.id)
+                journal.done(TeacherResult(id=req.id, text=text, teacher=CARICATURE, endpoint=self.name))
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -49,9 +54,10 @@ def check_coverage(cfg: GenerateConfig, rows: list[dict[str, Any]], corpus: Sequ
     missing = [r for r in rows if r["id"] not in have]
     if missing:
         first = missing[0]
-        raise InputError(
-            f"params.yaml: generate.teacher: corpus has no rewrite for {len(missing)} of {len(rows)} "
+        raise ParamError(
+            "generate.teacher",
+            f"corpus has no rewrite for {len(missing)} of {len(rows)} "
             f"source rows (first: {first['id']}, {first['instruction'][:60]!r}); add them to the corpus, "
             "pick an LLM teacher, or set generate.corpus_missing: rules (the rules stylizer's caricature "
-            "for those rows)"
+            "for those rows)",
         )

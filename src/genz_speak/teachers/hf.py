@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from genz_speak.config import GenerateConfig
 from genz_speak.generation import ChatGenerator
 from genz_speak.models import inference_dtype
-from genz_speak.teachers.base import TeacherRequest, TeacherResult
+from genz_speak.teachers.base import Journal, TeacherRequest, TeacherResult, local_model_identity
 
 
 class TransformersTeacher:
     def __init__(self, cfg: GenerateConfig):
         self.name = f"transformers:{cfg.model}"
         self.cfg = cfg
+        self.identity = local_model_identity("transformers", cfg.model)
         self.generator = ChatGenerator(cfg.model, dtype=inference_dtype(cfg.model))
 
-    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
+    def endpoints(self) -> frozenset[str]:
+        return frozenset({self.identity})
+
+    def rewrite(self, requests: Iterable[TeacherRequest], journal: Journal) -> None:
         reqs = list(requests)
         s = self.cfg.sampling
         outs = self.generator.generate(
@@ -29,7 +33,15 @@ class TransformersTeacher:
             batch_size=self.cfg.batch_size,
         )
         for req, out in zip(reqs, outs, strict=True):
-            yield TeacherResult(id=req.id, text=out.text, tokens_in=out.tokens_in, tokens_out=out.tokens_out)
+            result = TeacherResult(
+                id=req.id,
+                text=out.text,
+                tokens_in=out.tokens_in,
+                tokens_out=out.tokens_out,
+                endpoint=self.identity,
+                finish_reason=out.finish_reason,
+            )
+            journal.done(result)
 
     def stats(self) -> dict[str, Any]:
         return {}

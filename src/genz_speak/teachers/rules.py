@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-from genz_speak.teachers.base import TeacherRequest, TeacherResult
+from genz_speak.teachers.base import RULES_VERSION, Journal, TeacherRequest, TeacherResult
 
 OPENERS = (
     "ngl,",
@@ -105,9 +105,13 @@ def stylize(text: str, key: str) -> str:
 class RulesTeacher:
     name = "rules"
 
-    def rewrite(self, requests: Iterable[TeacherRequest]) -> Iterator[TeacherResult]:
+    def endpoints(self) -> frozenset[str]:
+        return frozenset({f"rules:{RULES_VERSION}"})
+
+    def rewrite(self, requests: Iterable[TeacherRequest], journal: Journal) -> None:
         for req in requests:
-            yield TeacherResult(id=req.id, text=stylize(req.row["response"], req.id))
+            text = stylize(req.row["response"], req.id)
+            journal.done(TeacherResult(id=req.id, text=text, endpoint=f"rules:{RULES_VERSION}"))
 
     def stats(self) -> dict[str, Any]:
         return {}

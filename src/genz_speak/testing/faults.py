@@ -5,8 +5,8 @@ the raw connection)."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
-import itertools
 import json
 import socket
 import struct
@@ -19,13 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from genz_speak.io import AppendLog
+from genz_speak.cache import AppendLog
 
 Fault = Literal[
     "429", "429-bare", "500", "502", "503", "stall", "nonjson", "badjson", "nochoices", "nullcontent",
     "truncated", "reset", "prose", "badkeys", "badrange",
+    "429-negative", "429-nan", "429-date", "401-echo", "400-schema", "surrogate", "think", "length",
+    "jsonblob", "unrelated", "extrakeys",
 ]  # fmt: skip
 FAULTS: tuple[Fault, ...] = get_args(Fault)
+# Faults played on the real answer, which the app computes first.
+_ON_THE_ANSWER = frozenset({"surrogate", "think", "length"})
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -47,12 +51,13 @@ class FaultPlan:
     counts: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._cycle = itertools.cycle(self.kinds)
+        self._turn = 0  # the next kind, in turn
         self._lock = threading.Lock()
         self._conversations: dict[str, list[int]] = {}  # key -> [arrival index, requests so far]
 
-    def next(self, conversation: str) -> Fault | None:
-        """Count a request of `conversation`; return the fault it gets, if any."""
+    def next(self, conversation: str, inapplicable: frozenset[str] = frozenset()) -> Fault | None:
+        """Count a request of `conversation`; return the fault it gets, if any (none when its turn's kind
+        is `inapplicable` to this request: 400-schema to a request without response_format)."""
         with self._lock:
             self.counts["requests"] += 1
             if self.first:
@@ -61,21 +66,24 @@ class FaultPlan:
                 faulted = seen[0] % max(self.every, 1) == 0 and seen[1] <= self.first
             else:
                 faulted = bool(self.every) and self.counts["requests"] % self.every == 0
-            if not faulted:
+            if not faulted or self.kinds[self._turn % len(self.kinds)] in inapplicable:
                 return None
-            fault = next(self._cycle)
+            fault = self.kinds[self._turn % len(self.kinds)]
+            self._turn += 1
             self.counts[fault] += 1
             return fault
 
 
-def completion(model: str, content: str | None, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+def completion(
+    model: str, content: str | None, tokens_in: int, tokens_out: int, finish_reason: str = "stop"
+) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
         ],
         "usage": {
             "prompt_tokens": tokens_in,
@@ -93,7 +101,36 @@ _CONTENT_FAULTS: dict[str, str | None] = {
     "badrange": json.dumps(
         {"genz_style": 42, "helpfulness": -1, "coherence": 7, "rationale": "out of range"}
     ),
+    # A structured-output reply where text was asked for (a teacher fault; wrong keys to a judge).
+    "jsonblob": json.dumps({"answer": "see the attached data", "confidence": 0.93, "sources": []}),
+    # A fluent sentence about something else (a teacher fault; not a verdict to a judge).
+    "unrelated": "The quarterly budget review moved to Thursday; bring the printed slides and your badge.",
+    "extrakeys": json.dumps(
+        {"genz_style": 8, "helpfulness": 7, "coherence": 9, "rationale": "fine", "confidence": 0.9}
+    ),
 }
+_THINK = "<think>\nThe user wants this rewritten. Keep every fact; make it casual.\n</think>\n\n"
+# The tail of an emoji cut in half by a proxy (a lone UTF-16 surrogate, as a JSON escape), and a NUL.
+_CUT = "\ud83d\u0000"
+
+
+def _on_the_answer(fault: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A real completion with `fault` played on its message."""
+    choice = data["choices"][0]
+    content = choice["message"]["content"] or ""
+    if fault == "think":
+        content = _THINK + content
+    elif fault == "length":
+        content, choice["finish_reason"] = content[: len(content) // 2], "length"
+    else:  # surrogate: inside a verdict's rationale (the JSON stays valid), else at the end of the text
+        try:
+            verdict = json.loads(content)
+            verdict["rationale"] += _CUT
+            content = json.dumps(verdict)
+        except (ValueError, TypeError, KeyError):
+            content += " " + _CUT
+    choice["message"]["content"] = content
+    return data
 
 
 async def _respond(
@@ -141,20 +178,23 @@ class FaultInjector:
         self._record_lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+        if scope["type"] != "http" or scope["path"] == "/v1/stats":
             await self.app(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body, more = body + message.get("body", b""), message.get("more_body", False)
-        if self.api_key is not None:
+        if self.api_key is not None:  # every endpoint, as real servers do (/v1/models included)
             headers = dict(scope["headers"])
             if headers.get(b"authorization", b"") != f"Bearer {self.api_key}".encode():
                 self.plan.counts["unauthorized"] += 1
                 error = {"error": {"message": "invalid API key", "type": "invalid_request_error"}}
                 await _respond(send, 401, json.dumps(error).encode(), "application/json")
                 return
+        if scope["path"] != "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
         try:
             request = json.loads(body)
             conversation = json.dumps(request.get("messages"), sort_keys=True)
@@ -163,8 +203,12 @@ class FaultInjector:
         if self.record is not None and isinstance(request, dict):
             with self._record_lock:
                 self.record.write(request)
-        fault = self.plan.next(hashlib.sha256(conversation.encode()).hexdigest())
-        if fault is None or fault == "stall":
+        schema = isinstance(request, dict) and "response_format" in request
+        fault = self.plan.next(
+            hashlib.sha256(conversation.encode()).hexdigest(),
+            frozenset() if schema else frozenset({"400-schema"}),
+        )
+        if fault is None or fault == "stall" or fault in _ON_THE_ANSWER:
             if fault == "stall":
                 await asyncio.sleep(self.plan.stall_s)
             replayed = False
@@ -176,16 +220,52 @@ class FaultInjector:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
-            await self.app(scope, replay, send)
+            if fault in _ON_THE_ANSWER:
+                await self._play_on_answer(fault, scope, replay, send)
+            else:
+                await self.app(scope, replay, send)
             return
-        await self._inject(fault, send)
+        await self._inject(fault, send, dict(scope["headers"]))
 
-    async def _inject(self, fault: Fault, send: Send) -> None:
+    async def _play_on_answer(self, fault: Fault, scope: Scope, receive: Receive, send: Send) -> None:
+        reply: dict[str, Any] = {"status": 200, "body": b""}
+
+        async def capture(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                reply["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                reply["body"] += message.get("body", b"")
+
+        await self.app(scope, receive, capture)
+        if reply["status"] != 200:
+            await _respond(send, reply["status"], reply["body"], "application/json")
+            return
+        data = _on_the_answer(fault, json.loads(reply["body"]))
+        await _respond(send, 200, json.dumps(data).encode(), "application/json")
+
+    async def _inject(self, fault: Fault, send: Send, headers: dict[bytes, bytes]) -> None:
         empty = completion(self.model_id, "", 1, 1)
-        if fault in ("429", "429-bare"):
-            after = [(b"retry-after", f"{self.plan.retry_after_s:g}".encode())] if fault == "429" else []
+        if fault.startswith("429"):
             error = {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}}
+            after = _retry_after(fault, self.plan.retry_after_s)
             await _respond(send, 429, json.dumps(error).encode(), "application/json", after)
+        elif fault == "401-echo":  # as OpenAI does, the key sent is quoted back in the error
+            key = headers.get(b"authorization", b"").decode().removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {key}. You can find your API key in your account."
+            error = {
+                "error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}
+            }
+            await _respond(send, 401, json.dumps(error).encode(), "application/json")
+        elif fault == "400-schema":  # vLLM's error shape: the message at the top level
+            message = "response_format json_schema is not supported by this server (injected)"
+            error = {
+                "object": "error",
+                "message": message,
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+            await _respond(send, 400, json.dumps(error).encode(), "application/json")
         elif fault in ("500", "503"):
             error = {"error": {"message": f"server error {fault} (injected)", "type": "server_error"}}
             await _respond(send, int(fault), json.dumps(error).encode(), "application/json")
@@ -209,3 +289,14 @@ class FaultInjector:
         else:
             content = completion(self.model_id, _CONTENT_FAULTS[fault], 1, 1)
             await _respond(send, 200, json.dumps(content).encode(), "application/json")
+
+
+def _retry_after(fault: str, seconds: float) -> list[tuple[bytes, bytes]]:
+    """The Retry-After header of a 429 fault: none, a number, a nonsense one, or an HTTP date."""
+    value = {
+        "429": f"{seconds:g}",
+        "429-negative": "-1",
+        "429-nan": "nan",
+        "429-date": email.utils.formatdate(time.time() + seconds, usegmt=True),
+    }.get(fault)
+    return [(b"retry-after", value.encode())] if value is not None else []

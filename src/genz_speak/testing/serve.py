@@ -30,8 +30,17 @@ exactly K of them whatever the client's concurrency. Kinds, as real servers and 
     nochoices    200, a completion with "choices": []        nullcontent  200, "content": null
     truncated    the connection drops halfway through the body
     reset        the connection is reset (TCP RST) without a reply
-    prose        200, content that is prose, not a JSON verdict (a judge fault; a teacher takes it as text)
+    prose        200, prose, not a JSON verdict (a judge fault; a teacher rejects it as no rewrite)
     badkeys      200, a verdict with the wrong keys          badrange   200, a verdict with scores out of 0-10
+    429-negative 429 with Retry-After: -1                    429-nan    429 with Retry-After: nan
+    429-date     429 with Retry-After as an HTTP date (--retry-after S from now)
+    401-echo     401 whose message quotes the key the client sent (as OpenAI's does)
+    400-schema   400 (vLLM's error shape) to a request with response_format; others are answered
+    surrogate    the real answer with a lone UTF-16 surrogate and a NUL in it (an emoji a proxy cut)
+    think        the real answer after a <think>...</think> block (a reasoning model)
+    length       the first half of the real answer, finish_reason "length" (max_tokens cut it off)
+    jsonblob     200, a JSON object instead of text          unrelated  200, a sentence about something else
+    extrakeys    200, a verdict with an extra key
 
 GET /v1/stats counts requests, faults by kind, answers and refused keys; `--record FILE` appends every
 chat request's body to FILE (JSONL), to see what a client really sent.
@@ -82,6 +91,7 @@ class Answer:
     text: str
     tokens_in: int
     tokens_out: int
+    finish_reason: str = "stop"
 
 
 def _rules_answerer(params: Path) -> Callable[[ChatRequest], Answer]:
@@ -144,7 +154,7 @@ def _model_answerer(model_dir: str | Path) -> Callable[[ChatRequest], Answer]:
                 seed=req.seed or 0,
                 batch_size=1,
             )[0]
-        return Answer(out.text, out.tokens_in, out.tokens_out)
+        return Answer(out.text, out.tokens_in, out.tokens_out, out.finish_reason)
 
     return answer
 
@@ -157,23 +167,29 @@ def create_app(
     api_key: str | None = None,
     record: Path | None = None,
     params: Path = Path("params.yaml"),
+    served_model_name: str | None = None,
 ) -> FaultInjector:
     """The app over `model_dir` ("rules" and "judge": the weightless stand-ins); `max_concurrent` (0: no
-    limit) bounds the requests answered at once; `api_key` (None: any) is the only key accepted."""
+    limit) bounds the requests answered at once; `api_key` (None: any) is the only key accepted;
+    `served_model_name` is the model id it lists and answers as (as vLLM's flag of that name)."""
     if str(model_dir) == "rules":
         answer = _rules_answerer(params)
     elif str(model_dir) == "judge":
         answer = _judge_answerer()
     else:
         answer = _model_answerer(model_dir)
-    model_id = Path(model_dir).name
+    model_id = served_model_name or Path(model_dir).name
     plan = faults or FaultPlan()
     capacity = asyncio.Semaphore(max_concurrent) if max_concurrent else contextlib.nullcontext()
     app = FastAPI(title="genz-speak serve")
 
+    # As vLLM lists a model: its id, the folder it serves (root) and when the server started (created).
+    entry = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "genz-speak"}
+    entry["root"] = str(model_dir)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "genz-speak"}]}
+        return {"object": "list", "data": [entry]}
 
     @app.get("/v1/stats")
     async def stats() -> dict[str, int]:
@@ -188,7 +204,7 @@ def create_app(
                 await asyncio.sleep(latency_s)
             out = await run_in_threadpool(answer, req)
         plan.counts["answered"] += 1
-        return completion(model_id, out.text, out.tokens_in, out.tokens_out)
+        return completion(model_id, out.text, out.tokens_in, out.tokens_out, out.finish_reason)
 
     return FaultInjector(app, plan, model_id, api_key, record)
 
@@ -205,6 +221,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=0, help="requests answered at once (0: no limit)")
     p.add_argument("--api-key-env", help="refuse requests without the key in this environment variable")
     p.add_argument("--record", type=Path, help="append every chat request's body to this JSONL file")
+    p.add_argument(
+        "--served-model-name", help="the model id to list and answer as (default: the folder's name)"
+    )
     p.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="rules: its generate.prompt_template"
     )
@@ -236,7 +255,14 @@ def run(args: argparse.Namespace) -> None:
     )
     uvicorn.run(
         create_app(
-            args.model_dir, plan, args.latency, args.max_concurrent, api_key, args.record, args.params
+            args.model_dir,
+            plan,
+            args.latency,
+            args.max_concurrent,
+            api_key,
+            args.record,
+            args.params,
+            args.served_model_name,
         ),
         host=args.host,
         port=args.port,
@@ -262,7 +288,7 @@ def launch(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/stats", timeout=1).status_code == 200:  # needs no key
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.1)

@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from genz_speak.errors import ParamError
+
 if TYPE_CHECKING:
     import torch
 
@@ -133,9 +135,10 @@ def varlen_attention(
     for unsupported in ("sliding_window", "softcap", "s_aux"):
         # varlen_mask drops the masks these need, so no path here could honour them.
         if kwargs.get(unsupported) is not None:
-            raise ValueError(
-                f"params.yaml: train.attn_implementation: {VARLEN} does not support {unsupported}, which "
-                "this model's attention uses; pick flash_attention_2 or the unsloth backend"
+            raise ParamError(
+                "train.attn_implementation",
+                f"{VARLEN} does not support {unsupported}, which "
+                "this model's attention uses; pick flash_attention_2 or the unsloth backend",
             )
     batch, _, length, _ = query.shape
     segments = None

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from genz_speak import chat_templates
 from genz_speak.config import TrainConfig
-from genz_speak.errors import InputError
+from genz_speak.errors import ParamError
 from genz_speak.training import attention, cpu, distributed
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,31 @@ def resolve_backend(cfg: TrainConfig) -> Backend:
 
     cuda = torch.cuda.is_available()
     if cfg.backend == "unsloth" and not cuda:
-        raise InputError(
-            "params.yaml: train.backend: unsloth needs a CUDA GPU; use auto or transformers here"
-        )
+        raise ParamError("train.backend", "unsloth needs a CUDA GPU; use auto or transformers here")
     if cfg.backend == "auto":
         return "unsloth" if cuda and importlib.util.find_spec("unsloth") is not None else "transformers"
     return cfg.backend
+
+
+def check_target_modules(cfg: TrainConfig, base_dir: Path) -> None:
+    """train.lora.target_modules must each name modules of the base model (peft matches a module whose
+    name is the entry or ends in "." + the entry): checked on the model's structure alone, built on the
+    meta device without weights, before anything is loaded or written."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in cfg.lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise ParamError(
+            "train.lora.target_modules",
+            f"{missing} name no module of {base_dir}; its linear layers are {linear}",
+        )
 
 
 @dataclass
@@ -45,7 +65,7 @@ class Prepared:
 def lora_kwargs(cfg: TrainConfig, num_layers: int) -> dict[str, Any]:
     top = cfg.lora.top_layers
     if top is not None and top > num_layers:
-        raise InputError(f"params.yaml: train.lora.top_layers: {top} > the model's {num_layers} layers")
+        raise ParamError("train.lora.top_layers", f"{top} > the model's {num_layers} layers")
     return {
         # Adapting only the top layers also stops backpropagation there: the CPU demo's main saving.
         "layers_to_transform": list(range(num_layers - top, num_layers)) if top else None,
@@ -90,17 +110,30 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     tok = load_tokenizer(base)
-    return Prepared(
-        model,
-        tok,
-        LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(cfg, model.config.num_hidden_layers)),
-        precision,
-    )
+    lora = lora_kwargs(cfg, model.config.num_hidden_layers) | new_token_rows(base, model)
+    return Prepared(model, tok, LoraConfig(task_type="CAUSAL_LM", **lora), precision)
+
+
+def new_token_rows(base: Path, model: Any) -> dict[str, Any]:
+    """peft's `trainable_token_indices` for the token rows prepare added (prepare.chat_template: chatml):
+    their embeddings start untrained, so training updates them (and only them) beside the LoRA weights;
+    an untied lm_head has its own rows to train. Nothing for any other template."""
+    ids = chat_templates.new_token_ids(base)
+    if not ids:
+        return {}
+    tied = model.get_output_embeddings() is None or getattr(model.config, "tie_word_embeddings", False)
+    return {"trainable_token_indices": {"embed_tokens": ids} | ({} if tied else {"lm_head": ids})}
 
 
 def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
+    if chat_templates.new_token_ids(base):
+        raise ParamError(
+            "prepare.chat_template",
+            "chatml adds token rows that train.backend: unsloth does not train here; use train.backend: "
+            "transformers, or prepare.chat_template: plain",
+        )
     # Unsloth patches transformers/trl at import: it must come before them (sft.py imports trl later).
-    from genz_speak.models import ensure_pad_token
+    from genz_speak.models import ensure_pad_token, keep_legacy
 
     # Under a data-parallel launch its loader places each process's copy on that process's GPU (LOCAL_RANK).
     attention.allow_unsloth_torch_varlen()  # before the import, which decides its packed-row kernel
@@ -119,7 +152,7 @@ def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
         random_state=cfg.seed,
         **lora_kwargs(cfg, model.config.num_hidden_layers),
     )
-    return Prepared(model, ensure_pad_token(tok), None, "bf16")
+    return Prepared(model, keep_legacy(ensure_pad_token(tok)), None, "bf16")
 
 
 def load(backend: Backend, base: Path, cfg: TrainConfig) -> Prepared:

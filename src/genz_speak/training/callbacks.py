@@ -78,8 +78,8 @@ def step_clock(tokens: Callable[[], int]) -> Any:
 def sample_callback(questions: list[dict[str, Any]], tokenizer: Any, path: Path, max_new_tokens: int) -> Any:
     from transformers import TrainerCallback
 
-    from genz_speak.data.chat import user_message
-    from genz_speak.io import AppendLog
+    from genz_speak.cache import AppendLog
+    from genz_speak.data.chat import render, user_message
 
     class SampleAnswers(TrainerCallback):
         """Greedy answers to fixed validation questions before training and at each evaluation, appended to
@@ -91,12 +91,7 @@ def sample_callback(questions: list[dict[str, Any]], tokenizer: Any, path: Path,
             was_training = model.training
             model.eval()
             side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow each prompt
-            prompts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": user_message(q)}], tokenize=False, add_generation_prompt=True
-                )
-                for q in questions
-            ]
+            prompts = [render(tokenizer, [{"role": "user", "content": user_message(q)}]) for q in questions]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
                 model.device
             )

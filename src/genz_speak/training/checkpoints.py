@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from genz_speak.config import TrainConfig
+from genz_speak.config import OPERATIONAL_KEYS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,10 @@ def prepare_work_dir(
     (same train params, dataset and base); anything else there is stale and removed."""
     from genz_speak.models import model_fingerprint
 
-    state = [dataclasses.asdict(cfg), rows, model_fingerprint(base_dir)]
+    # How the run goes (threads, resume, checkpoint cadence) never changes what it learns: changing one
+    # must not discard the checkpoints.
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if f"train.{k}" not in OPERATIONAL_KEYS}
+    state = [settings, rows, model_fingerprint(base_dir)]
     blob = json.dumps(state, sort_keys=True, default=str)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()
     stamp = work_dir / "fingerprint.txt"

@@ -16,7 +16,7 @@ import sys
 from typing import Any, NoReturn
 
 from genz_speak.config import TrainConfig
-from genz_speak.errors import InputError
+from genz_speak.errors import ParamError
 from genz_speak.io import free_port
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ def num_processes(cfg: TrainConfig) -> int:
     if cfg.num_processes == "auto":
         return max(gpus, 1)
     if gpus and cfg.num_processes > gpus:
-        raise InputError(
-            f"params.yaml: train.num_processes: {cfg.num_processes} processes, but {gpus} GPU(s) are visible "
-            "(one process per GPU); use auto or at most the GPU count"
+        raise ParamError(
+            "train.num_processes",
+            f"{cfg.num_processes} processes, but {gpus} GPU(s) are visible "
+            "(one process per GPU); use auto or at most the GPU count",
         )
     return cfg.num_processes
 
@@ -72,10 +73,11 @@ def rows_per_process(cfg: TrainConfig, processes: int) -> int:
     """Rows each process contributes to an optimizer step: the effective batch split evenly."""
     effective = cfg.batch_size * cfg.gradient_accumulation_steps
     if effective % processes:
-        raise InputError(
-            f"params.yaml: train.num_processes: {processes} processes cannot split the {effective} rows of "
+        raise ParamError(
+            "train.num_processes",
+            f"{processes} processes cannot split the {effective} rows of "
             f"an optimizer step (train.batch_size {cfg.batch_size} x train.gradient_accumulation_steps "
-            f"{cfg.gradient_accumulation_steps}) evenly; make that product a multiple of {processes}"
+            f"{cfg.gradient_accumulation_steps}) evenly; make that product a multiple of {processes}",
         )
     return effective // processes
 

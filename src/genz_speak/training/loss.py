@@ -87,9 +87,11 @@ def _fused_nll_class() -> Any:
 
 
 def supports(model: Any) -> bool:
-    """Whether the plain LM head gives this model's logits: no softcapping or logit scale to apply."""
+    """Whether the plain LM head gives this model's logits: no bias, softcapping or logit scale to apply."""
     config = model.config.get_text_config()
-    return all(getattr(config, name, None) is None for name in _SCALED)
+    head = model.get_output_embeddings()
+    plain = head is not None and getattr(head, "bias", None) is None  # the fused head adds no bias
+    return plain and all(getattr(config, name, None) is None for name in _SCALED)
 
 
 def add_completion_head(model: Any) -> None:

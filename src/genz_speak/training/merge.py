@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 from genz_speak.config import MergeConfig
-from genz_speak.errors import InputError
+from genz_speak.errors import ParamError
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,12 @@ def resolve_backend(cfg: MergeConfig, base_dir: Path) -> MergeBackend:
     base_dtype = stored_dtype(base_dir)
     if cfg.backend == "unsloth":
         if not torch.cuda.is_available():
-            raise InputError("params.yaml: merge.backend: unsloth needs a CUDA GPU; use auto or peft here")
+            raise ParamError("merge.backend", "unsloth needs a CUDA GPU; use auto or peft here")
         if base_dtype != cfg.dtype:
-            raise InputError(
-                f"params.yaml: merge.backend: unsloth writes the base's stored dtype ({base_dtype}), not "
-                f"merge.dtype: {cfg.dtype}; set prepare.base_dtype: {cfg.dtype} or merge.backend: peft"
+            raise ParamError(
+                "merge.backend",
+                f"unsloth writes the base's stored dtype ({base_dtype}), not "
+                f"merge.dtype: {cfg.dtype}; set prepare.base_dtype: {cfg.dtype} or merge.backend: peft",
             )
     if cfg.backend == "auto":
         if not (torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None):
@@ -58,19 +60,32 @@ def save_merged(
     backend: MergeBackend, base_dir: Path, adapter_dir: Path, out: Path, dtype: Any, tokenizer: Any
 ) -> None:
     """Write base + adapter, merged in `dtype`, as one model folder at `out`."""
+    from genz_speak.models import strip_environment
+
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
         # Unsloth reloads the base in 16-bit itself, never merging into 4-bit.
         model, tok = FastLanguageModel.from_pretrained(str(adapter_dir), load_in_4bit=False, dtype=dtype)
         model.save_pretrained_merged(str(out), tok, save_method="merged_16bit")
-        return
+        strip_environment(out)
+    else:
+        _save_with_peft(base_dir, adapter_dir, out, dtype, tokenizer)
+    spm = base_dir / "tokenizer.model"
+    if spm.is_file() and not (out / "tokenizer.model").exists():
+        # transformers 5 does not write a SentencePiece tokenizer.model; llama.cpp's converter reads it.
+        shutil.copyfile(spm, out / "tokenizer.model")
+
+
+def _save_with_peft(base_dir: Path, adapter_dir: Path, out: Path, dtype: Any, tokenizer: Any) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from genz_speak.models import save_tokenizer
 
     merged = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), adapter_dir
     ).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     merged.generation_config.save_pretrained(out)

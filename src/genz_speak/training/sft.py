@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from genz_speak.config import TrainConfig
-from genz_speak.errors import InputError, StageFailed
+from genz_speak.errors import InputError, ParamError, StageFailed
 from genz_speak.training import attention, backends, cpu, distributed, loss
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,10 @@ def plan_micro_batch(cfg: TrainConfig, model: Any, processes: int = 1) -> tuple[
     per_process = distributed.rows_per_process(cfg, processes)
     if isinstance(cfg.micro_batch, int):
         if per_process % cfg.micro_batch:
-            raise InputError(
-                f"params.yaml: train.micro_batch: {cfg.micro_batch} does not divide the {per_process} rows "
-                f"each of the {processes} processes contributes to an optimizer step"
+            raise ParamError(
+                "train.micro_batch",
+                f"{cfg.micro_batch} does not divide the {per_process} rows "
+                f"each of the {processes} processes contributes to an optimizer step",
             )
         return cfg.micro_batch, per_process // cfg.micro_batch
     if cfg.micro_batch is None or not torch.cuda.is_available():
@@ -207,14 +208,26 @@ def build_trainer(
 
         set_seed(cfg.seed)  # LoRA's A matrices start random: seeded, a rerun (and every rank) starts alike
         model = get_peft_model(model, prepared.peft_config)
+        _expose_head_bias(model)
     padding_free = cfg.padding_free_batches
     implementation = getattr(model.config, "_attn_implementation", None)
     if padding_free and backend == "transformers" and not attention.isolates_rows(implementation):
-        raise InputError(
-            f"params.yaml: train.attn_implementation: {implementation} lets the rows of a padding-free batch "
+        raise ParamError(
+            "train.attn_implementation",
+            f"{implementation} lets the rows of a padding-free batch "
             f"(train.packing with bfd, or train.padding_free) attend to each other; leave it unset "
             f"({attention.VARLEN}: torch's varlen kernel on CUDA, SDPA per row elsewhere) or use "
-            "flash_attention_2 where installed"
+            "flash_attention_2 where installed",
+        )
+    layers = getattr(model.config, "layer_types", None) or []
+    if padding_free and implementation == attention.VARLEN and "sliding_attention" in layers:
+        # genz_varlen's padding-free path attends over each whole sequence: it would ignore the window.
+        raise ParamError(
+            "train.packing/train.padding_free",
+            f"{model.config.model_type} uses sliding-window "
+            f"attention, which {attention.VARLEN}'s padding-free batches do not honour; train on padded "
+            "batches (train.packing: false, train.padding_free: false) or set train.attn_implementation: "
+            "flash_attention_2 where installed",
         )
     micro, accum = plan_micro_batch(cfg, model, processes)
     # TRL bounds row length by packing or padding; padding-free batches without packing leave it to us.
@@ -237,6 +250,15 @@ def build_trainer(
         if trainer.eval_dataset is not None:
             trainer.eval_dataset = truncate(trainer.eval_dataset, cfg.max_seq_length)
     return trainer, micro, accum
+
+
+def _expose_head_bias(model: Any) -> None:
+    """TRL's fused LM head reads `lm_head.weight` and `lm_head.bias` itself. With new token rows to train
+    (prepare.chat_template: chatml) peft wraps the head in a TrainableTokensWrapper, which serves the
+    weight with the trained rows merged in but has no `bias`: give it the wrapped layer's."""
+    head = model.get_output_embeddings()
+    if type(head).__name__ == "TrainableTokensWrapper" and "bias" not in vars(head):
+        head.bias = getattr(head.original_module, "bias", None)
 
 
 def attention_kernel(backend: backends.Backend, trainer: Any, calls: dict[str, int]) -> str:
