@@ -246,7 +246,7 @@ class TrainConfig:
     attn_implementation: str | None = None
     group_by_length: Bool = False
     pad_to_multiple_of: PositiveInt | None = None
-    epochs: PositiveFloat = 1.0
+    epochs: PositiveFloat = 3.0
     max_steps: Int = -1
     learning_rate: Annotated[float, Strict(), Field(gt=0.0, lt=1.0)] = 5e-4
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
@@ -328,12 +328,12 @@ class LLMJudgeConfig:
 @dataclass(config=_STRICT)
 class DecodingConfig:  # how the student answers: evaluate's decoding and `genz-speak chat`'s defaults
     max_new_tokens: PositiveInt = 128
-    temperature: NonNegFloat = 0.0  # 0: greedy
-    top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 1.0  # sampling only
+    temperature: NonNegFloat = 0.3  # 0: greedy
+    top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.9  # sampling only
     seed: Int = 0  # sampling only: each batch samples from torch's generator seeded with this
-    repetition_penalty: Annotated[float, Strict(), Field(ge=1.0)] = 1.2
-    count_prompt: Bool = True  # the penalty and n-gram ban count the prompt (its <|im_end|>) too
-    no_repeat_ngram_size: NonNegInt = 0  # > 0: no n-gram of this size twice in the answer (0: off)
+    repetition_penalty: Annotated[float, Strict(), Field(ge=1.0)] = 1.0
+    count_prompt: Bool = False  # the penalty and n-gram ban count the prompt (its <|im_end|>) too
+    no_repeat_ngram_size: NonNegInt = 3  # > 0: no n-gram of this size twice in the answer (0: off)
 
 
 @dataclass(config=_STRICT)

@@ -179,8 +179,7 @@ def _metrics(cfg: TrainConfig, trainer: Any, masking: dict[str, int], run: dict[
     return {
         "backend": run["backend"],
         "device": run["device"],
-        "precision": run["precision"],
-        "kernel_path": run["kernel_path"],
+        "precision": run["precision"],  # the CPU's bf16 or fp32 (train.cpu_precision): it changes the adapter
         "load_in_4bit": cfg.load_in_4bit,
         "processes": run["processes"],
         "steps": trainer.state.global_step,
@@ -208,6 +207,7 @@ def _metrics(cfg: TrainConfig, trainer: Any, masking: dict[str, int], run: dict[
         # How the run went (metrics/run/train.json): the same adapter gives other numbers here.
         "run": {
             "versions": library_versions(run["backend"], cfg.load_in_4bit),
+            "kernel_path": run["kernel_path"],  # what ran the matrix multiplies (e.g. oneDNN's AMX kernel)
             # Over the optimizer steps' own time: evaluation, sample answers and checkpoints excluded.
             "tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
             "tokens_per_s_steady": round(steady, 1) if steady else None,
