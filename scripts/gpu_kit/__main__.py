@@ -21,6 +21,8 @@ pieces, checks their sha256, installs the wheels into a target folder and runs t
                  Unsloth patches transformers in the process that imports it)
     bench        python benchmarks/train_throughput.py with --bench-args (default: the packing set on the
                  TinyLlama shape)
+    grid         a queued `dvc exp` grid up to evaluate, every combination of --grid, --grid-jobs at a
+                 time (after the profile; prepare and generate once); grid.json back
     vllm         python scripts/check_vllm.py on the merged model (needs the --vllm bundle)
     cmd 'CMD'    any shell command, with the carried packages on PYTHONPATH
 
@@ -88,6 +90,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         default=device.BENCH_ARGS,
         help=f"bench: arguments of benchmarks/train_throughput.py (default: {device.BENCH_ARGS})",
     )
+    p.add_argument(
+        "--grid",
+        default=device.GRID,
+        help=f"grid: KEY=V1,V2 ... (every combination, one queued `dvc exp` each; default {device.GRID!r})",
+    )
+    p.add_argument("--grid-jobs", type=int, default=4, help="grid: experiments at a time (default 4)")
     p.add_argument(
         "--model", type=Path, help="vllm: the model folder (default models/merge, else the kept one)"
     )

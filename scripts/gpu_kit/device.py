@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KIT = "bash scripts/gpu_kit.sh"
 BENCH_ARGS = "--models tinyllama --cases 8x1 packing full-8x1 packing-32"
 RESERVE = 20  # seconds kept for the summary after the last task
-MIN_SECONDS = {"pipeline": 120, "tests": 60, "bench": 60, "vllm": 180, "cmd": 10}
+MIN_SECONDS = {"pipeline": 120, "tests": 60, "bench": 60, "grid": 240, "vllm": 180, "cmd": 10}
+GRID = "train.learning_rate=5e-4,1e-3 train.epochs=1,2"
 STAGE_LINE = re.compile(r"^Running stage '([\w-]+)'")
 
 
@@ -185,6 +186,9 @@ def install(r: Run, bundle: str, background: bool = False) -> subprocess.Popen |
     with tarfile.open(tar) as t:
         t.extractall(wheels, filter="data")
     tar.unlink()
+    for sdist in wheels.glob("*.tar.gz"):  # llama.cpp's converter, installed by install_converter
+        (r.work / "sdist").mkdir(exist_ok=True)
+        shutil.move(sdist, r.work / "sdist" / sdist.name)
     shutil.rmtree(target.with_suffix(".part"), ignore_errors=True)
     cmd = [
         r.python,
@@ -233,6 +237,36 @@ def stage_python_wrapper(r: Run) -> None:
     wrapper.chmod(0o755)
 
 
+def install_converter(r: Run) -> None:
+    """llama.cpp's HF -> GGUF converter into the stage interpreter's prefix, which the export stage runs it
+    from: what scripts/setup.sh does here (`python -m genz_speak.export.converter install SDIST`), from the
+    cut-down sdist the site bundle brings. Skipped when that version is there already."""
+    py = [str(r.work / "bin/python"), "-m", "genz_speak.export.converter"]
+    sdists = sorted((r.work / "sdist").glob("llama_cpp_python-*.tar.gz"))
+    have = subprocess.run([*py, "version"], cwd=ROOT, env=r.env(), capture_output=True, text=True)
+    if not sdists:
+        if have.returncode:
+            r.steps.append(
+                ("llama.cpp's converter", "failed: not installed, and no sdist came (`prep` again)")
+            )
+        return
+    version = sdists[-1].name.removeprefix("llama_cpp_python-").removesuffix(".tar.gz")
+    if have.returncode == 0 and f'"{version}"' in have.stdout:
+        log(f"llama.cpp's converter {version}: installed already")
+        return
+    t0 = time.monotonic()
+    got = subprocess.run(
+        [*py, "install", str(sdists[-1])], cwd=ROOT, env=r.env(), capture_output=True, text=True
+    )
+    log(f"llama.cpp's converter: {(got.stdout + got.stderr).strip()[-300:]}")
+    r.steps.append(
+        (
+            f"install llama.cpp's converter ({sdists[-1].name})",
+            f"rc {got.returncode}, {time.monotonic() - t0:.0f} s",
+        )
+    )
+
+
 def git_repo(r: Run) -> None:
     """dvc needs a git repository; the call's copy of the working tree has none."""
     if (ROOT / ".git").exists():
@@ -244,28 +278,39 @@ def git_repo(r: Run) -> None:
             "repo.create_commit('HEAD', sig, sig, 'device snapshot', repo.index.write_tree(), [])"
         )
         subprocess.run([r.python, "-c", code], cwd=ROOT, env=r.env(), check=True)
+        identity = "import pygit2\nc = pygit2.Repository('.').config\n"
+        identity += "c['user.name'] = 'genz-speak'\nc['user.email'] = 'genz-speak@localhost'"
+        subprocess.run([r.python, "-c", identity], cwd=ROOT, env=r.env(), check=True)  # dvc exp commits
         return
     who = ["-c", "user.name=genz-speak", "-c", "user.email=genz-speak@localhost"]
     for cmd in (["init", "-q"], ["add", "-A"], [*who, "commit", "-qm", "device snapshot"]):
         subprocess.run(["git", *cmd], cwd=ROOT, check=True)
+    for key, value in (("user.name", "genz-speak"), ("user.email", "genz-speak@localhost")):
+        subprocess.run(["git", "config", key, value], cwd=ROOT, check=True)  # dvc exp commits
+
+
+def apply_profile(r: Run) -> bool:
+    """The --profile onto params.yaml; False when it failed."""
+    profile = r.args.profile
+    if (ROOT / "configs" / f"{profile}.yaml").is_file():
+        return not r.step(
+            f"genz-speak profile {profile}",
+            [r.python, "-m", "genz_speak.cli", "profile", profile],
+            "pipeline.log",
+            cap=120,
+        )
+    if Path(profile).is_file():
+        shutil.copy(profile, ROOT / "params.yaml")  # a whole params file
+    elif profile != "none":
+        r.steps.append(("profile", f"failed: {profile} is neither configs/{profile}.yaml nor a params file"))
+        return False
+    return True
 
 
 def task_pipeline(r: Run) -> None:
     """Apply the profile, then `dvc repro`, every line timed; keep the merged model for a later `vllm`."""
     git_repo(r)
-    profile = r.args.profile
-    if (ROOT / "configs" / f"{profile}.yaml").is_file():
-        if r.step(
-            f"genz-speak profile {profile}",
-            [r.python, "-m", "genz_speak.cli", "profile", profile],
-            "pipeline.log",
-            cap=120,
-        ):
-            return
-    elif Path(profile).is_file():
-        shutil.copy(profile, ROOT / "params.yaml")  # a whole params file
-    elif profile != "none":
-        r.steps.append(("pipeline", f"failed: {profile} is neither configs/{profile}.yaml nor a params file"))
+    if not apply_profile(r):
         return
     repro = ["dvc", "repro", *shlex.split(r.args.repro_args)]
     r.step(
@@ -309,6 +354,44 @@ def task_tests(r: Run) -> None:
         ],
         "tests.log",
     )
+
+
+def grid_points(spec: str) -> list[list[str]]:
+    """'a=1,2 b=x,y' -> every combination, as `-S key=value` lists."""
+    axes = [(key, values.split(",")) for key, _, values in (word.partition("=") for word in spec.split())]
+    points: list[list[str]] = [[]]
+    for key, values in axes:
+        points = [[*p, f"{key}={v}"] for p in points for v in values]
+    return points
+
+
+def task_grid(r: Run) -> None:
+    """A queued `dvc exp` grid over --grid (every combination), run --grid-jobs at a time: the profile
+    applied (unless a pipeline task already did in this call), prepare and generate reproduced once in the
+    workspace (each experiment then restores them from the cache), then `dvc exp run --queue -S ...
+    evaluate` per point and `dvc exp run --run-all -j N`. Back in $OUT: grid.json (`dvc exp show --json`)."""
+    git_repo(r)
+    if not any(name.startswith("dvc repro") for name, _ in r.steps) and not apply_profile(r):
+        return
+    dvc = [r.python, "-m", "dvc"]
+    if r.step("grid: dvc repro generate", [*dvc, "repro", "generate"], "grid.log"):
+        return
+    for point in grid_points(r.args.grid):
+        name = "-".join(p.split(".")[-1].replace("learning_rate", "lr").replace("=", "") for p in point)
+        sets = [arg for p in point for arg in ("-S", p)]
+        if r.step(
+            f"grid: queue {name}", [*dvc, "exp", "run", "--queue", "-n", name, *sets, "evaluate"], "grid.log"
+        ):
+            return
+    r.step(
+        f"grid: dvc exp run --run-all -j {r.args.grid_jobs}",
+        [*dvc, "exp", "run", "--run-all", "-j", str(r.args.grid_jobs)],
+        "grid.log",
+    )
+    shown = subprocess.run(
+        [*dvc, "exp", "show", "--json"], cwd=ROOT, env=r.env(), capture_output=True, text=True
+    )
+    (r.out / "grid.json").write_text(shown.stdout or shown.stderr)
 
 
 def task_bench(r: Run) -> None:
@@ -362,7 +445,7 @@ def parse_tasks(words: list[str]) -> list[tuple[str, str]]:
     tasks, it = [], iter(words)
     for word in it:
         if word not in MIN_SECONDS:
-            sys.exit(f"unknown task {word!r}: pipeline, tests, bench, vllm, cmd 'COMMAND'")
+            sys.exit(f"unknown task {word!r}: pipeline, tests, bench, grid, vllm, cmd 'COMMAND'")
         tasks.append((word, next(it, "") if word == "cmd" else ""))
         if word == "cmd" and not tasks[-1][1]:
             sys.exit("cmd needs a command: cmd 'COMMAND'")
@@ -393,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             r.vllm_install = install(r, "vllm", background=True)
     stage_python_wrapper(r)
+    install_converter(r)
     for name, command in tasks:
         if r.left() - RESERVE < MIN_SECONDS[name]:
             again = f"{KIT} run {name}" + (f" {shlex.quote(command)}" if command else "")
@@ -402,7 +486,14 @@ def run(args: argparse.Namespace) -> int:
         if name == "cmd":
             task_cmd(r, command)
         else:
-            {"pipeline": task_pipeline, "tests": task_tests, "bench": task_bench, "vllm": task_vllm}[name](r)
+            tasks_by_name = {
+                "pipeline": task_pipeline,
+                "tests": task_tests,
+                "bench": task_bench,
+                "grid": task_grid,
+                "vllm": task_vllm,
+            }
+            tasks_by_name[name](r)
     if r.vllm_install is not None:  # vllm was left for a later call: let its install finish if it can
         try:
             r.vllm_install.wait(timeout=max(r.left(), 5))

@@ -47,6 +47,24 @@ VLLM_SERVE = [
     "prometheus-fastapi-instrumentator==8.1.0",
     "python-multipart==0.0.34",
 ]
+# llama.cpp's HF -> GGUF converter, which the export stage runs: scripts/setup.sh copies it out of the
+# llama-cpp-python sdist of requirements/cpu.lock's version into the venv (`python -m
+# genz_speak.export.converter install SDIST`). `run` does the same there from this sdist, cut down to what
+# that installer reads (76.6 MB -> about 1 MB).
+CPU_LOCK = ROOT / "requirements/cpu.lock"
+SDIST_KEEP = (
+    "vendor/llama.cpp/convert_hf_to_gguf.py",
+    "vendor/llama.cpp/conversion/",
+    "vendor/llama.cpp/gguf-py/gguf/",
+    "vendor/llama.cpp/gguf-py/pyproject.toml",
+    "vendor/llama.cpp/LICENSE",
+    ".git/modules/vendor/llama.cpp/HEAD",
+)
+# llama.cpp itself (llama_cpp, ctypes over its shared libraries), which the export checks its GGUF files
+# in: PyPI has no Linux wheel, so the one `bash scripts/setup.sh tests` built here (portable AVX2) is
+# carried as a wheel when this venv has it; its Python is pure and its libraries need only the C/C++
+# runtime. Without it, the export checks the files through transformers' GGUF reader instead.
+LLAMA_CPP_VENV = ROOT / ".venv"
 # CPython 3.12 wheels for manylinux x86_64 (pip matches each glibc tag exactly, so all of them) or any.
 PLATFORM = [
     "--only-binary=:all:",
@@ -158,6 +176,61 @@ def fetch_vllm(dl: Path, shared: Path) -> list[Path]:
     return wheels + download(VLLM_SERVE, vdir / "serve")
 
 
+def converter_sdist(dl: Path) -> Path:
+    """The llama-cpp-python sdist of requirements/cpu.lock's version (downloaded once), cut down to the
+    members `genz_speak.export.converter install` reads, under its own file name."""
+    version = read_pins(CPU_LOCK)["llama-cpp-python"]
+    name = f"llama_cpp_python-{version}.tar.gz"
+    full, small = dl / "sdist" / name, dl / "converter" / name
+    if small.is_file():
+        return small
+    if not full.is_file():
+        pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "download", "--no-deps"]
+        pin = f"llama-cpp-python=={version}"
+        subprocess.run([*pip, "--no-binary", ":all:", "-d", str(full.parent), pin], check=True)
+    small.parent.mkdir(parents=True, exist_ok=True)
+    tmp = small.with_suffix(".tmp")
+    with tarfile.open(full) as src, tarfile.open(tmp, "w:gz") as out:
+        for member in src:
+            rel = member.name.split("/", 1)[1] if "/" in member.name else ""
+            if member.isfile() and any(
+                rel == k or (k.endswith("/") and rel.startswith(k)) for k in SDIST_KEEP
+            ):
+                out.addfile(member, src.extractfile(member))
+    tmp.rename(small)
+    return small
+
+
+def llama_cpp_wheel(dl: Path) -> Path | None:
+    """The llama_cpp package of this venv (scripts/setup.sh tests built it) as a wheel for the machine, or
+    None when this venv has none. One copy of each shared library, under the names it is loaded by (the
+    package's loader and the libraries' NEEDED entries): a wheel holds no symbolic links."""
+    sites = sorted(LLAMA_CPP_VENV.glob("lib/python3*/site-packages"))
+    pkg = next((s / "llama_cpp" for s in sites if (s / "llama_cpp/llama_cpp.py").is_file()), None)
+    info = next(iter(sorted(pkg.parent.glob("llama_cpp_python-*.dist-info"))), None) if pkg else None
+    if pkg is None or info is None:
+        return None
+    version = info.name.removeprefix("llama_cpp_python-").removesuffix(".dist-info")
+    wheel = dl / "llama_cpp" / f"llama_cpp_python-{version}-py3-none-linux_x86_64.whl"
+    if wheel.is_file():
+        return wheel
+    wheel.parent.mkdir(parents=True, exist_ok=True)
+    libs = re.compile(r"lib/lib[\w-]+\.so(\.0)?$")
+    with zipfile.ZipFile(wheel.with_suffix(".tmp"), "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(pkg.rglob("*")):
+            rel = f.relative_to(pkg).as_posix()
+            if f.is_file() and "__pycache__" not in rel and (not rel.startswith("lib/") or libs.match(rel)):
+                z.write(f, f"llama_cpp/{rel}")
+        for f in ("METADATA", "LICENSE.md"):
+            if (info / f).is_file():
+                z.write(info / f, f"{info.name}/{f}")
+        tag = "Wheel-Version: 1.0\nGenerator: genz-speak gpu_kit\nRoot-Is-Purelib: false\n"
+        z.writestr(f"{info.name}/WHEEL", tag + "Tag: py3-none-linux_x86_64\n")
+        z.writestr(f"{info.name}/RECORD", "")
+    wheel.with_suffix(".tmp").rename(wheel)
+    return wheel
+
+
 def trim(wheel: Path, to: Path) -> None:
     """Copy a wheel, less what the machine never loads (as ../shared/gpu/fetch-gpu-wheels.sh does):
     Unsloth's web UI and bitsandbytes' libraries for CUDA versions other than the machine's 13.0."""
@@ -180,7 +253,7 @@ def trim(wheel: Path, to: Path) -> None:
 def pack(bundle: str, wheels: list[Path], dest: Path, first: int, piece_mib: int) -> int:
     """One tar of the bundle's wheels, cut into pieces dest/cN/BUNDLE.tar.part-NN, each with the bundle's
     manifest (piece count, sha256). Returns how many pieces."""
-    names = [wheel_key(w)[0] for w in wheels]
+    names = [wheel_key(w)[0] for w in wheels if w.suffix == ".whl"]  # the converter's sdist aside
     if twice := sorted({n for n in names if names.count(n) > 1}):
         sys.exit(f"{bundle}: two versions of {twice} (pip refuses them in one target)")
     staging = dest / "staging" / bundle
@@ -195,7 +268,7 @@ def pack(bundle: str, wheels: list[Path], dest: Path, first: int, piece_mib: int
     shutil.rmtree(staging.parent)
     size, sha = tar.stat().st_size, subprocess.check_output(["sha256sum", str(tar)], text=True).split()[0]
     n = -(-size // (piece_mib * MIB))
-    manifest = {"bundle": bundle, "pieces": n, "sha256": sha, "bytes": size, "wheels": len(wheels)}
+    manifest = {"bundle": bundle, "pieces": n, "sha256": sha, "bytes": size, "wheels": len(names)}
     with tar.open("rb") as f:
         for i in range(n):
             piece = dest / f"c{first + i}"
@@ -204,7 +277,7 @@ def pack(bundle: str, wheels: list[Path], dest: Path, first: int, piece_mib: int
             (piece / f"{bundle}.manifest").write_text(json.dumps(manifest) + "\n")
     tar.unlink()
     where = f"c{first}" + (f"..c{first + n - 1}" if n > 1 else "")
-    print(f"{bundle}: {len(wheels)} wheels, {size / 1e6:.1f} MB, {n} piece{'s' * (n > 1)} ({where})")
+    print(f"{bundle}: {len(names)} wheels, {size / 1e6:.1f} MB, {n} piece{'s' * (n > 1)} ({where})")
     return n
 
 
@@ -261,7 +334,17 @@ def main(args: argparse.Namespace) -> int:
         )
     dest: Path = args.dest
     dl = dest / "dl"
-    bundles = {"site": download(pins, dl / "site")}
+    extra = [converter_sdist(dl)]
+    llama = llama_cpp_wheel(dl)
+    print(
+        f"llama.cpp's converter: {extra[0].name} ({extra[0].stat().st_size / 1e6:.1f} MB, cut down); "
+        + (
+            f"llama_cpp: {llama.name} (built here)"
+            if llama
+            else "no llama_cpp in .venv: the export checks its GGUF files through transformers there"
+        )
+    )
+    bundles = {"site": download(pins, dl / "site") + extra + ([llama] if llama else [])}
     if args.vllm:
         bundles["vllm"] = fetch_vllm(dl, args.shared_gpu)
     for old in [*dest.glob("c[0-9]*"), *dest.glob("*.tar")]:

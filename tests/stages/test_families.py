@@ -69,9 +69,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     split = split_rows(load_source(params.prepare, SkipBudget(0)), params.prepare)
     for part in ("train", "validation", "heldout"):
         write_jsonl(root / f"data/prepare/{part}.jsonl", getattr(split, part))
-    paths = generate.Paths(
-        root / "data/prepare", ROOT / DATA_FILES[1], root / "data/generate", root / "gen.jsonl"
-    )
+    paths = generate.Paths(root / "data/prepare", ROOT / DATA_FILES[1], root / "data/generate")
     write_json(root / "metrics/generate.json", generate.run(params.generate, paths))
     return root
 
