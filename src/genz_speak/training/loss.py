@@ -126,6 +126,11 @@ def trainer_class(base: type) -> type:
             unwrapped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             add_completion_head(unwrapped)  # over TRL's fused head, which generation never uses
             self.end_of_turn_id = self.processing_class.eos_token_id
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            # peft's switch exists on LoRA layers only (not on the trainable-token rows chatml adds).
+            tuners = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+            self._castable = all(hasattr(m, "cast_input_dtype_enabled") for m in tuners)
 
         def compute_loss(
             self,
@@ -140,7 +145,8 @@ def trainer_class(base: type) -> type:
             # Under autocast, peft's LoRA layers would cast each input to their fp32 weights' dtype and
             # keep that copy for the backward pass: 7 fp32 copies per layer, most of the step's memory.
             # Autocast casts for the matrix multiply anyway (the weights' casts are cached per step).
-            with disable_input_dtype_casting(model, active=self.args.bf16 or self.args.fp16):
+            active = (self.args.bf16 or self.args.fp16) and self._castable
+            with disable_input_dtype_casting(model, active=active):
                 out = model(**inputs, completion_only=True)
             count = out.targets.numel() if num_items_in_batch is None else num_items_in_batch
             loss = out.nll.sum() / torch.as_tensor(count).clamp(min=1)
@@ -151,9 +157,10 @@ def trainer_class(base: type) -> type:
                 ends = out.targets == self.end_of_turn_id
                 probs = torch.exp(-out.nll.detach()[ends].float())
                 # One value per validation row's end: the logged mean is over rows, not over batches.
-                self._metrics["eval"]["end_of_turn_prob"].extend(
-                    self.accelerator.gather_for_metrics(probs).tolist()
-                )
+                # None when no answer ends on the tokenizer's EOS (a template whose turn ends otherwise).
+                values = self.accelerator.gather_for_metrics(probs).tolist()
+                if values:
+                    self._metrics["eval"]["end_of_turn_prob"].extend(values)
             else:
                 self._count_tokens(inputs)
             return (loss, out) if return_outputs else loss
