@@ -88,9 +88,19 @@ def tiny_params(tiny_model: Path) -> dict[str, Any]:
     p["prepare"].update(base_model=str(tiny_model), max_train_rows=100, validation_size=10)
     # The learning rate is the tests' own, so the golden values do not move with the default's.
     p["train"].update(
-        max_steps=2, batch_size=2, max_seq_length=384, logging_steps=1, cpu_threads=1, learning_rate=1e-3
+        max_steps=2,
+        batch_size=2,
+        max_seq_length=384,
+        logging_steps=1,
+        cpu_threads=1,
+        learning_rate=1e-3,
+        cpu_precision="fp32",  # the golden values the same on CPUs with and without bf16 instructions
     )
-    p["evaluate"].update(max_validation=2, max_new_tokens=8, bootstrap_samples=200)
+    p["evaluate"].update(max_validation=2, bootstrap_samples=200)
+    # Greedy with the old penalty: the golden values do not move with the decoding default.
+    p["evaluate"]["decoding"].update(
+        max_new_tokens=8, temperature=0.0, repetition_penalty=1.2, count_prompt=True, no_repeat_ngram_size=0
+    )
     return p
 
 

@@ -3,7 +3,9 @@
     genz-speak chat models/merge --system "Keep it short." --temperature 0.7
 
 The conversation (system message, every user turn and every answer) goes through the model's own chat
-template each turn. `/reset` starts a new conversation, `/exit` or end of input (Ctrl-D) quits, Ctrl-C
+template each turn. Decoding defaults to evaluate's (`evaluate.decoding` in params.yaml, chosen by the grid
+in BENCHMARKS.md), so the chat answers as the evaluated model did; the flags override it.
+`/reset` starts a new conversation, `/exit` or end of input (Ctrl-D) quits, Ctrl-C
 stops the answer being written.
 """
 
@@ -16,7 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from genz_speak.config import DecodingConfig
 from genz_speak.errors import MissingInput
+
+DECODING = DecodingConfig()  # equal to params.yaml's evaluate.decoding (tests/unit/test_config.py holds it)
 
 
 class ChatSession:
@@ -27,11 +32,13 @@ class ChatSession:
         model_dir: str | Path,
         *,
         system: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        repetition_penalty: float = 1.2,
-        seed: int = 0,
+        max_new_tokens: int = DECODING.max_new_tokens,
+        temperature: float = DECODING.temperature,
+        top_p: float = DECODING.top_p,
+        repetition_penalty: float = DECODING.repetition_penalty,
+        no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size,
+        count_prompt: bool = DECODING.count_prompt,
+        seed: int = DECODING.seed,
     ):
         from genz_speak.models import inference_dtype, load_causal_lm, load_tokenizer
 
@@ -40,13 +47,13 @@ class ChatSession:
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_causal_lm(model_dir, inference_dtype(model_dir))
         self.system = system
-        self.sampling: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": temperature > 0,
-            "temperature": temperature if temperature > 0 else None,
-            "top_p": top_p if temperature > 0 else None,
-            "top_k": None,
+        self.max_new_tokens = max_new_tokens
+        self.decoding: dict[str, Any] = {
+            "temperature": temperature,
+            "top_p": top_p,
             "repetition_penalty": repetition_penalty,
+            "no_repeat_ngram_size": no_repeat_ngram_size,
+            "count_prompt": count_prompt,
         }
         self.seed = seed
         self.history: list[dict[str, str]] = []
@@ -67,6 +74,7 @@ class ChatSession:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+        from genz_speak.generation import decoding_kwargs
         from genz_speak.models import device
 
         stop = stop or threading.Event()
@@ -76,6 +84,7 @@ class ChatSession:
                 return stop.is_set()
 
         inputs = self.tokenizer(self.prompt(user_text), return_tensors="pt", add_special_tokens=False)
+        settings = decoding_kwargs(prompt_length=inputs["input_ids"].shape[1], **self.decoding)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
 
@@ -85,7 +94,8 @@ class ChatSession:
                 with torch.inference_mode():
                     self.model.generate(
                         **inputs.to(device()),
-                        **self.sampling,
+                        **settings,
+                        max_new_tokens=self.max_new_tokens,
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_Stop()]),
                         pad_token_id=self.tokenizer.pad_token_id,
@@ -115,11 +125,21 @@ class ChatSession:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", type=Path, help="a model folder (e.g. models/merge)")
     p.add_argument("--system", default=None, help="a system message that opens the conversation")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0: greedy decoding")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.2, help="small models loop without it")
-    p.add_argument("--seed", type=int, default=0)
+    d = DECODING
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy decoding")
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    p.add_argument(
+        "--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size, help="0: no n-gram ban"
+    )
+    p.add_argument(
+        "--count-prompt",
+        action=argparse.BooleanOptionalAction,
+        default=d.count_prompt,
+        help="whether the penalty and the n-gram ban count the conversation so far, not only the answer",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
 
 
 def converse(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
@@ -164,8 +184,11 @@ def converse(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
 def run(args: argparse.Namespace) -> None:
     from genz_speak.models import device
 
-    if args.max_new_tokens <= 0 or args.temperature < 0:
-        raise SystemExit("genz-speak chat: --max-new-tokens must be positive and --temperature not negative")
+    if args.max_new_tokens <= 0 or args.temperature < 0 or args.no_repeat_ngram_size < 0:
+        raise SystemExit(
+            "genz-speak chat: --max-new-tokens must be positive, --temperature and --no-repeat-ngram-size "
+            "not negative"
+        )
     try:
         session = ChatSession(
             args.model_dir,
@@ -174,6 +197,8 @@ def run(args: argparse.Namespace) -> None:
             temperature=args.temperature,
             top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
+            count_prompt=args.count_prompt,
             seed=args.seed,
         )
     except MissingInput as err:

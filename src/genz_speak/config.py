@@ -56,7 +56,6 @@ def _http_url(url: str) -> str:
 
 
 HttpURL = Annotated[str, AfterValidator(_http_url)]
-
 EMBEDDED_STUDENT = "embedded:smollm2-135m-instruct"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 
@@ -247,7 +246,7 @@ class TrainConfig:
     attn_implementation: str | None = None
     group_by_length: Bool = False
     pad_to_multiple_of: PositiveInt | None = None
-    epochs: PositiveFloat = 1.0
+    epochs: PositiveFloat = 3.0
     max_steps: Int = -1
     learning_rate: Annotated[float, Strict(), Field(gt=0.0, lt=1.0)] = 5e-4
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
@@ -255,6 +254,7 @@ class TrainConfig:
     weight_decay: NonNegFloat = 0.0
     optimizer: Literal["adamw_torch", "adamw_8bit"] = "adamw_torch"
     gradient_checkpointing: Bool = False
+    cpu_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has AMX/AVX512-BF16
     logging_steps: PositiveInt = 5
     eval_steps: PositiveInt | None = None
     seed: Int = 42
@@ -326,11 +326,21 @@ class LLMJudgeConfig:
 
 
 @dataclass(config=_STRICT)
+class DecodingConfig:  # how the student answers: evaluate's decoding and `genz-speak chat`'s defaults
+    max_new_tokens: PositiveInt = 128
+    temperature: NonNegFloat = 0.3  # 0: greedy
+    top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.9  # sampling only
+    seed: Int = 0  # sampling only: each batch samples from torch's generator seeded with this
+    repetition_penalty: Annotated[float, Strict(), Field(ge=1.0)] = 1.0
+    count_prompt: Bool = False  # the penalty and n-gram ban count the prompt (its <|im_end|>) too
+    no_repeat_ngram_size: NonNegInt = 3  # > 0: no n-gram of this size twice in the answer (0: off)
+
+
+@dataclass(config=_STRICT)
 class EvaluateConfig:
     judge: Literal["offline", "openai", "both"] = "offline"
     max_validation: NonNegInt = 10
-    max_new_tokens: PositiveInt = 128
-    repetition_penalty: Annotated[float, Strict(), Field(ge=1.0)] = 1.2
+    decoding: DecodingConfig = DecodingConfig()
     batch_size: PositiveInt = 10
     seed: Int = 0
     bootstrap_samples: PositiveInt = 2000

@@ -76,6 +76,7 @@ def family_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[str, Path, dict[str, dict[str, Any]], dict[str, float]]:
     """One family through prepare -> train -> merge -> answers -> export, as dvc.yaml chains them."""
+    from genz_speak.config import DecodingConfig
     from genz_speak.generation import answer_questions
     from genz_speak.pipeline import export, merge, prepare, train
 
@@ -103,11 +104,11 @@ def family_run(
         write_json(root / f"metrics/{stage}.json", metrics[stage])
     start = time.monotonic()
     answers = answer_questions(
-        merged, read_split(heldout)[:4], root / "answers.jsonl", max_new_tokens=8, repetition_penalty=1.2,
-        batch_size=4,
+        merged, read_split(heldout)[:4], root / "answers.jsonl",
+        decoding=DecodingConfig(max_new_tokens=8, repetition_penalty=1.2), batch_size=4,
     )  # fmt: skip
     seconds["answers"] = round(time.monotonic() - start, 1)
-    metrics["answers"] = {"n": len(answers), "all_text": all(isinstance(a, str) for a in answers)}
+    metrics["answers"] = {"n": len(answers), "all_text": all(isinstance(a.text, str) for a in answers)}
     run_metrics = [root / f"metrics/{s}.json" for s in ("prepare", "generate", "train", "merge")]
     export_paths = export.Paths(merged, heldout, root / "models/export", run_metrics, root / "params.yaml")
     metrics["export"] = _timed(seconds, "export", export.run, params.export, export_paths)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from genz_speak.config import Params
+from genz_speak.config import DecodingConfig, Params
 from genz_speak.data.chat import prompt_completion, render
 from genz_speak.data.dataset import read_split
 from genz_speak.errors import InputError
@@ -80,7 +80,7 @@ class Run:
     root: Path
     params: Params
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    answers: list[str] = field(default_factory=list)
+    answers: list[Any] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -125,8 +125,8 @@ def run(
     _timed(r, "merge", merge.run, r.params.merge, merge.Paths(r.base, adapter, heldout, r.merged))
     start = time.monotonic()
     r.answers = answer_questions(
-        r.merged, read_split(heldout)[:4], root / "answers.jsonl", max_new_tokens=8, repetition_penalty=1.2,
-        batch_size=4,
+        r.merged, read_split(heldout)[:4], root / "answers.jsonl",
+        decoding=DecodingConfig(max_new_tokens=8, repetition_penalty=1.2), batch_size=4,
     )  # fmt: skip
     r.seconds["answers"] = round(time.monotonic() - start, 1)
     metrics = [root / f"metrics/{s}.json" for s in ("prepare", "generate", "train", "merge")]
@@ -198,7 +198,7 @@ def test_merge_checks_the_saved_folder_against_base_plus_adapter(run: Run) -> No
 def test_evaluate_answers_and_generation_stops_at_the_end_of_turn(run: Run) -> None:
     from transformers import AutoTokenizer, GenerationConfig
 
-    assert len(run.answers) == 4 and all(isinstance(a, str) for a in run.answers)
+    assert len(run.answers) == 4 and all(isinstance(a.text, str) for a in run.answers)
     tok = AutoTokenizer.from_pretrained(run.merged)
     eos = GenerationConfig.from_pretrained(run.merged).eos_token_id
     eos = eos if isinstance(eos, list) else [eos]

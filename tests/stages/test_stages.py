@@ -131,8 +131,10 @@ def test_train_contract(trained: Path) -> None:
     assert m["backend"] == "transformers" and m["device"] == "cpu" and m["steps"] == 2
     assert math.isfinite(m["final_loss"]) and m["final_loss"] > 0
     assert m["completion_tokens"] > 0 and m["rows_fully_masked"] == 0
+    assert m["precision"] in ("fp32", "bf16") and 0.0 <= m["end_of_turn_prob"] <= 1.0
     run = run_info(trained, "train")
     assert run["tokens_per_s"] > 0 and run["peak_memory_mb"] > 0 and run["wall_s"] > 0
+    assert 0 < run["train_s"] <= run["wall_s"] and run["kernel_path"].startswith(m["precision"])
     assert not {"wall_s", "versions", "tokens_per_s"} & set(m)  # results only: export depends on them
     assert (trained / "dvclive/train/plots/metrics/loss.tsv").is_file()
     assert not (trained / "dvc.yaml").exists()  # DVCLive must not write a dvc.yaml of its own
@@ -203,6 +205,11 @@ def test_evaluate_contract(evaluated: Path) -> None:
     surface = m["surface"]
     assert set(surface) == {"base_model", "gen", "train"} and surface["gen"]["n"] == 12
     assert 1 <= surface["gen"]["distinct_openings"] <= 12
+    for group in ("base_model", "gen"):  # stopping and length against the teacher's, per model
+        assert 0.0 <= surface[group]["ended_share"] <= 1.0 and surface[group]["words_vs_train"] >= 0
+    answers = read_jsonl(evaluated / "data/evaluate/answers.jsonl")
+    ended = sum(a["gen_ended"] for a in answers) / len(answers)
+    assert surface["gen"]["ended_share"] == round(ended, 4)
     report = (evaluated / "metrics/report.md").read_text()
     assert "| Gen (fine-tuned answers) |" in report and "Gen − Base model, paired" in report
 
@@ -530,6 +537,7 @@ def test_golden_learning(tiny_model: Path, tmp_path: Path) -> None:
         batch_size=2,
         max_steps=8,
         learning_rate=1e-2,
+        cpu_precision="fp32",  # pinned: a CPU with bf16 instructions would train in bf16 under auto
         lr_scheduler="constant",
         warmup_ratio=0.0,
         logging_steps=1,

@@ -12,7 +12,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from genz_speak.config import EMBEDDED_STUDENT, Params
+from genz_speak.config import EMBEDDED_STUDENT, DecodingConfig, Params
 from genz_speak.reports import tables
 
 # The hub model the embedded student is a GGUF copy of.
@@ -85,7 +85,7 @@ It is a research/demo artefact of a small model, not an assistant for decisions 
 ## Limitations
 
 - {{ size_note }} It gets facts wrong, loses track of long conversations and can repeat itself;
-  sample with a repetition penalty (the evaluation used {{ repetition_penalty }}).
+  decode it as the evaluation did: {{ decoding }}.
 - The style comes from the teacher: {{ teacher_note }}
 - Slang is a moving target and culturally specific; the voice can read as caricature, and it may be
   inappropriate for formal, sensitive or safety-relevant contexts.
@@ -240,8 +240,20 @@ def model_card(
         training=_training(params, stage_metrics.get("train", {}), stage_metrics.get("merge", {}), prepare),
         evaluation=tables.evaluation_section(evaluate),
         questions=evaluate.get("questions", "?"),
-        repetition_penalty=params.evaluate.repetition_penalty,
+        decoding=decoding_note(params.evaluate.decoding),
         size_note=(f"A {int(n_params) / 1e6:.0f}M-parameter model." if n_params else "A small model."),
         embedded=embedded,
         license_text=license_text,
     )
+
+
+def decoding_note(d: DecodingConfig) -> str:
+    """evaluate's decoding in words, for the card's advice on how to sample."""
+    sampled = f"temperature {d.temperature}, top-p {d.top_p}, seed {d.seed}"
+    parts = ["greedy" if d.temperature == 0 else sampled]
+    scope = "the whole conversation" if d.count_prompt else "the answer's own tokens only"
+    if d.repetition_penalty != 1.0:
+        parts.append(f"repetition penalty {d.repetition_penalty} over {scope}")
+    if d.no_repeat_ngram_size:
+        parts.append(f"no {d.no_repeat_ngram_size}-gram twice in {scope}")
+    return ", ".join(parts) + f", up to {d.max_new_tokens} new tokens"

@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genz_speak.cache import cache_root
 from genz_speak.config import EvaluateConfig
@@ -19,6 +19,9 @@ from genz_speak.io import atomic_open, write_json, write_jsonl
 from genz_speak.judges import CRITERIA
 from genz_speak.reports import summary, tables
 from genz_speak.reports.stats import spearman
+
+if TYPE_CHECKING:
+    from genz_speak.generation import Answer
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +160,12 @@ def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
     dataset = read_dataset(paths.dataset)
     corpus = read_corpus(paths.corpus)
     judges = _judges(cfg, corpus, frozenset(q["id"] for q in qs))
-    decoding = {
-        "max_new_tokens": cfg.max_new_tokens,
-        "repetition_penalty": cfg.repetition_penalty,
-        "batch_size": cfg.batch_size,
-    }
     answer_cache = cache_root() / "answers.jsonl"
-    base_answers = answer_questions(paths.base, qs, answer_cache, **decoding)
-    gen_answers = answer_questions(paths.merged, qs, answer_cache, **decoding)
-    records = build_records(qs, base_answers, gen_answers, {r["id"]: r["output"] for r in dataset})
+    base = answer_questions(paths.base, qs, answer_cache, decoding=cfg.decoding, batch_size=cfg.batch_size)
+    gen = answer_questions(paths.merged, qs, answer_cache, decoding=cfg.decoding, batch_size=cfg.batch_size)
+    records = build_records(
+        qs, [a.text for a in base], [a.text for a in gen], {r["id"]: r["output"] for r in dataset}
+    )
     metrics: dict[str, Any] = {"questions": len(qs), "judges": []}
     run_info: dict[str, Any] = {}
     if "offline" in judges:
@@ -182,16 +182,18 @@ def run(cfg: EvaluateConfig, paths: Paths) -> dict[str, Any]:
             )
             for c in CRITERIA
         }
-    metrics["surface"] = summary.surface(records)
-    _write(paths, qs, base_answers, gen_answers, records, tables.report(metrics, run_info), metrics)
+    metrics["surface"] = summary.surface(
+        records, {"base_model": [a.ended for a in base], "gen": [a.ended for a in gen]}
+    )
+    _write(paths, qs, base, gen, records, tables.report(metrics, run_info), metrics)
     return {**metrics, "run": run_info}
 
 
 def _write(
     paths: Paths,
     qs: list[dict[str, Any]],
-    base_answers: list[str],
-    gen_answers: list[str],
+    base: list[Answer],
+    gen: list[Answer],
     records: list[dict[str, Any]],
     report: str,
     metrics: dict[str, Any],
@@ -204,10 +206,12 @@ def _write(
             "set": q["set"],
             "question": user_message(q),
             "reference": q["response"],
-            "base_model": b,
-            "gen": g,
+            "base_model": b.text,
+            "gen": g.text,
+            "base_model_ended": b.ended,
+            "gen_ended": g.ended,
         }
-        for q, b, g in zip(qs, base_answers, gen_answers, strict=True)
+        for q, b, g in zip(qs, base, gen, strict=True)
     ]
     write_jsonl(paths.out_dir / "answers.jsonl", answers)
     write_jsonl(

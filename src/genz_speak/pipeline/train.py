@@ -103,7 +103,8 @@ def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: 
     checkpoint = distributed.broadcast(
         prepare_work_dir(cfg, rows, paths.base, paths.work_dir) if main else None
     )
-    clock = callbacks.step_clock()
+    # TRL's running count of the non-padding tokens trained (its `num_tokens` log shows it at logging steps).
+    clock = callbacks.step_clock(lambda: int(getattr(trainer, "_total_train_tokens", 0)))
     trainer.add_callback(clock)
     if main:
         _add_reporting(trainer, cfg, rows, paths.live_dir, prepared.tokenizer, resumed=checkpoint is not None)
@@ -117,13 +118,7 @@ def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: 
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.monotonic() - start
     kernel = attention_kernel(backend, trainer, attention.kernel_calls - calls_before)
-
-    peak_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    ranks = distributed.gather({"adapter": distributed.adapter_digest(trainer.model), "peak_mb": peak_mb})
+    ranks = distributed.gather({"adapter": distributed.adapter_digest(trainer.model), "peak_mb": _peak_mb()})
     distributed.finish()  # the last collective: rank 0 saves alone from here
     if not main:
         return None
@@ -139,10 +134,14 @@ def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: 
         "micro_batch": micro,
         "gradient_accumulation_steps": accum,
         "attention_kernel": kernel,
+        "precision": prepared.precision,
+        "kernel_path": _kernel_path(prepared.precision, cuda),
         "train_rows": len(train_rows),
         "training_loss": result.training_loss,
         "wall_s": wall,
-        "steps_per_s": clock.steady_rate(),
+        "train_s": clock.train_seconds(),
+        "tokens": int(getattr(trainer, "_total_train_tokens", 0)),
+        "steady_tokens_per_s": clock.steady_tokens_per_s(),
         "peak_mb": max(r["peak_mb"] for r in ranks),  # per process: each holds a whole model copy
         "adapter": ranks[0]["adapter"],  # equal on all ranks (else raised)
         "ranks": len(ranks),
@@ -151,20 +150,39 @@ def _fit(cfg: TrainConfig, rows: list[dict[str, Any]], paths: Paths, processes: 
     return Fitted(trainer, prepared.tokenizer, _metrics(cfg, trainer, masking, run))
 
 
+def _peak_mb() -> float:
+    """This process's peak memory so far: CUDA's allocated bytes, else the resident set (RSS)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _kernel_path(precision: str, cuda: bool) -> str:
+    if cuda:
+        return "bf16 autocast, CUDA"
+    from genz_speak.training.cpu import kernel_path
+
+    return kernel_path(precision)  # type: ignore[arg-type]
+
+
 def _metrics(cfg: TrainConfig, trainer: Any, masking: dict[str, int], run: dict[str, Any]) -> dict[str, Any]:
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
-    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
-    tokens = max((h.get("num_tokens", 0) for h in history), default=0)
-    if not tokens:  # TRL 1.15 under Unsloth logs no num_tokens: count the epochs' tokens instead
+    evals = [h for h in history if "eval_loss" in h]
+    tokens = run["tokens"]
+    if not tokens:  # TRL 1.15 under Unsloth counts no tokens: count the epochs' tokens instead
         tokens = sum(map(len, trainer.train_dataset["input_ids"])) * (trainer.state.epoch or 0.0)
-    steps, wall, steps_per_s = trainer.state.global_step, run["wall_s"], run["steps_per_s"]
+    train_s, steady = run["train_s"], run["steady_tokens_per_s"]
+    end_of_turn = evals[-1].get("eval_end_of_turn_prob") if evals else None
     return {
         "backend": run["backend"],
         "device": run["device"],
+        "precision": run["precision"],  # the CPU's bf16 or fp32 (train.cpu_precision): it changes the adapter
         "load_in_4bit": cfg.load_in_4bit,
         "processes": run["processes"],
-        "steps": steps,
+        "steps": trainer.state.global_step,
         "micro_batch": run["micro_batch"],
         "gradient_accumulation_steps": run["gradient_accumulation_steps"],
         "rows_per_step": run["micro_batch"] * run["gradient_accumulation_steps"] * run["processes"],
@@ -176,8 +194,11 @@ def _metrics(cfg: TrainConfig, trainer: Any, masking: dict[str, int], run: dict[
         "final_loss": round(losses[-1], 4) if losses else None,
         "min_loss": round(min(losses), 4) if losses else None,
         "train_loss_mean": round(run["training_loss"], 4),
-        "eval_loss": round(eval_losses[-1], 4) if eval_losses else None,
-        "tokens": int(tokens),
+        "eval_loss": round(evals[-1]["eval_loss"], 4) if evals else None,
+        # Teacher-forced on the validation rows: the probability of the end-of-turn token where each
+        # answer ends. A model that has not learned to stop keeps talking (None: Unsloth's loss ran).
+        "end_of_turn_prob": round(end_of_turn, 4) if end_of_turn is not None else None,
+        "tokens": int(tokens),  # non-padding tokens of every step, all processes
         "completion_tokens": masking["completion_tokens"],
         "rows_fully_masked": masking["rows_fully_masked"],
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -186,9 +207,12 @@ def _metrics(cfg: TrainConfig, trainer: Any, masking: dict[str, int], run: dict[
         # How the run went (metrics/run/train.json): the same adapter gives other numbers here.
         "run": {
             "versions": library_versions(run["backend"], cfg.load_in_4bit),
-            "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-            "tokens_per_s_steady": round(tokens / steps * steps_per_s, 1) if steps_per_s else None,
-            "wall_s": round(wall, 1),
+            "kernel_path": run["kernel_path"],  # what ran the matrix multiplies (e.g. oneDNN's AMX kernel)
+            # Over the optimizer steps' own time: evaluation, sample answers and checkpoints excluded.
+            "tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
+            "tokens_per_s_steady": round(steady, 1) if steady else None,
+            "train_s": round(train_s, 1),
+            "wall_s": round(run["wall_s"], 1),
             "peak_memory_mb": round(run["peak_mb"], 1),
             "peak_memory_kind": "cuda_allocated" if run["cuda"] else "process_rss",
         },

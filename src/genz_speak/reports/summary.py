@@ -35,10 +35,12 @@ def judge_summary(
     return {"groups": groups, "paired": paired}
 
 
-def surface(records: list[dict[str, Any]]) -> dict[str, Any]:
+def surface(records: list[dict[str, Any]], ended: dict[str, list[bool]] | None = None) -> dict[str, Any]:
     """What a template-learning model gives away without any judge: the share of distinct opening
-    trigrams, the share of answers with emoji, and the mean length, per group of answers."""
-    out = {}
+    trigrams, the share of answers with emoji, and the mean length, per group of answers; for the models'
+    groups (`ended`: whether each answer ended its turn itself) the share that stopped before the token
+    limit, and the mean length over the teacher's (Train's) on the same questions."""
+    out: dict[str, Any] = {}
     for group in ANSWER_GROUPS:
         texts = [r["text"] for r in records if r["group"] == group]
         if not texts:
@@ -50,6 +52,19 @@ def surface(records: list[dict[str, Any]]) -> dict[str, Any]:
             "emoji_share": round(sum(T.has_emoji(t) for t in texts) / len(texts), 4),
             "mean_words": round(sum(len(T.words(t)) for t in texts) / len(texts), 1),
         }
+    for group, flags in (ended or {}).items():
+        if group in out and flags:
+            out[group]["ended_share"] = round(sum(flags) / len(flags), 4)
+    teacher = {r["id"]: len(T.words(r["text"])) for r in records if r["group"] == "train"}
+    for group in ("base_model", "gen"):
+        # Over the questions the teacher answered too (a rejected rewrite leaves its question out).
+        pairs = [
+            (len(T.words(r["text"])), teacher[r["id"]])
+            for r in records
+            if r["group"] == group and r["id"] in teacher
+        ]
+        if group in out and pairs and sum(t for _, t in pairs):
+            out[group]["words_vs_train"] = round(sum(n for n, _ in pairs) / sum(t for _, t in pairs), 3)
     return out
 
 

@@ -109,13 +109,16 @@ def report(metrics: dict[str, Any], run: dict[str, Any] | None = None) -> str:
         ]
     lines += [
         "## Surface statistics\n",
-        "| group | distinct opening trigrams | answers with emoji | mean words |",
-        "|---|---|---|---|",
+        "| group | distinct opening trigrams | answers with emoji | mean words | words ÷ Train's | ended by "
+        "themselves |",
+        "|---|---|---|---|---|---|",
     ]
     for group, s in metrics["surface"].items():
+        ratio = f"{s['words_vs_train']:.2f}" if "words_vs_train" in s else "–"
+        ended = f"{s['ended_share']:.0%}" if "ended_share" in s else "–"
         lines.append(
             f"| {GROUPS.get(group, group)} | {s['distinct_openings']}/{s['n']} | {s['emoji_share']:.0%} "
-            f"| {s['mean_words']} |"
+            f"| {s['mean_words']} | {ratio} | {ended} |"
         )
     return "\n".join(lines) + "\n"
 

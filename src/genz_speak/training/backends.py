@@ -15,7 +15,7 @@ from typing import Any, Literal
 from genz_speak import chat_templates
 from genz_speak.config import TrainConfig
 from genz_speak.errors import ParamError
-from genz_speak.training import attention, distributed
+from genz_speak.training import attention, cpu, distributed
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class Prepared:
     model: Any
     tokenizer: Any
     peft_config: Any  # None when the backend already wrapped the model
+    precision: cpu.Precision  # CUDA always trains under bf16 autocast; the CPU as train.cpu_precision says
 
 
 def lora_kwargs(cfg: TrainConfig, num_layers: int) -> dict[str, Any]:
@@ -84,7 +85,11 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
     from genz_speak.models import load_tokenizer
 
     cuda = torch.cuda.is_available()
-    compute = torch.bfloat16 if cuda else torch.float32
+    precision = "bf16" if cuda else cpu.resolve_precision(cfg.cpu_precision)
+    # bf16 on the CPU: the frozen base stored in bf16 (autocast would cast every fp32 weight again in each
+    # forward, since it caches casts only of weights that train), the LoRA weights in fp32 (peft upcasts
+    # adapters by default), so small updates are not rounded away.
+    compute = torch.bfloat16 if precision == "bf16" else torch.float32
     kwargs: dict[str, Any] = {"dtype": compute}
     attn = cfg.attn_implementation or (attention.VARLEN if cfg.padding_free_batches else None)
     if attn == attention.VARLEN:
@@ -106,7 +111,7 @@ def load_transformers(base: Path, cfg: TrainConfig) -> Prepared:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     tok = load_tokenizer(base)
     lora = lora_kwargs(cfg, model.config.num_hidden_layers) | new_token_rows(base, model)
-    return Prepared(model, tok, LoraConfig(task_type="CAUSAL_LM", **lora))
+    return Prepared(model, tok, LoraConfig(task_type="CAUSAL_LM", **lora), precision)
 
 
 def new_token_rows(base: Path, model: Any) -> dict[str, Any]:
@@ -147,7 +152,7 @@ def load_unsloth(base: Path, cfg: TrainConfig) -> Prepared:
         random_state=cfg.seed,
         **lora_kwargs(cfg, model.config.num_hidden_layers),
     )
-    return Prepared(model, keep_legacy(ensure_pad_token(tok)), None)
+    return Prepared(model, keep_legacy(ensure_pad_token(tok)), None, "bf16")
 
 
 def load(backend: Backend, base: Path, cfg: TrainConfig) -> Prepared:

@@ -4,6 +4,7 @@ answers to fixed questions as training goes."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +32,45 @@ def live_callback(live_dir: Path, resume: bool = False) -> Any:
     )
 
 
-def step_clock() -> Any:
+def step_clock(tokens: Callable[[], int]) -> Any:
+    """A clock of the optimizer steps alone; `tokens()` is the count of tokens trained so far."""
     import torch
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
-        """The wall time at each optimizer step's end: throughput without the first steps' warm-up (kernels
-        compiled and autotuned, memory pools grown), which a short run's overall tokens/s includes."""
+        """Each optimizer step's time, from its start to its end (forward, backward and the optimizer; not
+        the evaluation, sample answers, logging or checkpoints between steps), and the tokens it trained:
+        throughput of training alone, and without the first steps' warm-up (kernels compiled and
+        autotuned, memory pools grown), which a short run's overall figure includes."""
 
         def __init__(self) -> None:
-            self.times: list[float] = []
+            self.durations: list[float] = []
+            self.tokens: list[int] = []  # trained in each step
+            self._start = 0.0
+            self._seen = 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._start = time.monotonic()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.times.append(time.monotonic())
+            self.durations.append(time.monotonic() - self._start)
+            seen = tokens()
+            self.tokens.append(seen - self._seen)
+            self._seen = seen
 
-        def steady_rate(self) -> float | None:
-            """Optimizer steps per second over the second half of the run (Unsloth's kernels were seen
-            still compiling and autotuning 15 steps in)."""
-            half = len(self.times) // 2
-            if half < 1:
+        def train_seconds(self) -> float:
+            return sum(self.durations)
+
+        def steady_tokens_per_s(self) -> float | None:
+            """Tokens per second of training over the second half of the steps (Unsloth's kernels were
+            seen still compiling and autotuning 15 steps in)."""
+            half = len(self.durations) // 2
+            seconds = sum(self.durations[half:])
+            if half < 1 or seconds <= 0 or not sum(self.tokens):
                 return None
-            return (len(self.times) - half) / (self.times[-1] - self.times[half - 1])
+            return sum(self.tokens[half:]) / seconds
 
     return StepClock()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from genz_speak.config import TrainConfig
 from genz_speak.errors import InputError, ParamError, StageFailed
-from genz_speak.training import attention, backends, distributed
+from genz_speak.training import attention, backends, cpu, distributed, loss
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,11 @@ def sft_args(
     accum: int,
     truncate_here: bool,
     evaluate: bool,
+    precision: cpu.Precision,
 ) -> Any:
     """TRL's SFTConfig for `cfg`: `micro` rows per device step, `accum` accumulation steps; with
-    `truncate_here`, rows are cut by `truncate` rather than by TRL."""
+    `truncate_here`, rows are cut by `truncate` rather than by TRL; under bf16 autocast when `precision` is
+    bf16 (always on CUDA)."""
     import torch
     from trl import SFTConfig
 
@@ -174,7 +176,7 @@ def sft_args(
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not cuda,
-        bf16=cuda,
+        bf16=precision == "bf16",
         report_to="none",
         dataloader_num_workers=0,
         # Every LoRA weight takes part in each forward pass: DDP need not search the graph for unused ones.
@@ -191,10 +193,12 @@ def build_trainer(
     work_dir: Path,
     callbacks: list[Any],
     processes: int = 1,
+    *,
+    trl_loss: bool = False,
 ) -> tuple[Any, int, int]:
     """The SFTTrainer for `cfg`, and the (micro-batch, accumulation) each of `processes` data-parallel
     processes uses. Datasets may hold conversational prompt-completion rows or pre-tokenized `input_ids` +
-    `completion_mask`."""
+    `completion_mask`. `trl_loss` keeps TRL's own loss (the benchmark's "before")."""
     from trl import SFTTrainer
 
     model = prepared.model
@@ -228,8 +232,12 @@ def build_trainer(
     micro, accum = plan_micro_batch(cfg, model, processes)
     # TRL bounds row length by packing or padding; padding-free batches without packing leave it to us.
     truncate_here = bool(padding_free) and not cfg.packing
-    args = sft_args(cfg, backend, work_dir, micro, accum, truncate_here, eval_dataset is not None)
-    trainer = SFTTrainer(
+    args = sft_args(
+        cfg, backend, work_dir, micro, accum, truncate_here, eval_dataset is not None, prepared.precision
+    )
+    # Unsloth brings its own loss kernels; elsewhere the loss is computed on the trained positions alone.
+    own_loss = backend == "transformers" and loss.supports(model) and not trl_loss
+    trainer = (loss.trainer_class(SFTTrainer) if own_loss else SFTTrainer)(
         model=model,
         args=args,
         train_dataset=train_dataset,
