@@ -47,11 +47,13 @@ def _has_cuda() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts) a group runs on one worker: a test
-    # file is one group, so its module fixtures (a whole pipeline run in test_stages) are built once, and
-    # tests/pipeline is one, so its session template (a DVC repo after `dvc repro`) is too.
+    # file is one group, so its module fixtures (a whole pipeline run in test_stages) are built once. The
+    # DVC pipeline tests (a third of the suite's time) go to whichever worker is free, each worker building
+    # the session template once: kept on one worker, they left the other idle for half the run.
     for item in items:
         rel = item.path.relative_to(ROOT / "tests")
-        item.add_marker(pytest.mark.xdist_group(rel.parts[0] if rel.parts[0] == "pipeline" else str(rel)))
+        if rel != Path("pipeline/test_dvc_pipeline.py"):
+            item.add_marker(pytest.mark.xdist_group(str(rel)))
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs CUDA (gpu marker)")

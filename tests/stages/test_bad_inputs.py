@@ -392,11 +392,11 @@ CASES: dict[str, Case] = {
         "bad.jsonl:3: field 'response' given twice in one row",
     ),
     # ---- issue 23, point 11: checked before anything is written
-    "a base model without a chat template": (
+    "a chat template required of a base model without one": (
         "prepare",
-        {"prepare.base_model": "plain-model"},
+        {"prepare.base_model": "plain-model", "prepare.chat_template": "own"},
         {"plain-model": without_chat_template},
-        "params.yaml: prepare.base_model: plain-model has no chat template",
+        "params.yaml: prepare.chat_template: own, but plain-model has no chat template",
     ),
     "every row masked away, after DVCLive started": (
         "train",

@@ -237,7 +237,8 @@ def test_a_stand_in_never_answers_for_the_real_server(workdir: Path, tiny_model:
     with_model, _ = launch(tiny_model, "--served-model-name", "my-teacher", env=python_env(), port=port)
     try:
         run_stage(workdir, "generate")
-        assert server_stats(url)["requests"] == ROWS and run_info(workdir)["cache_hits"] == 0
+        # (a retry of a slow reply may add requests: what matters is that none was answered from the cache)
+        assert server_stats(url)["requests"] >= ROWS and run_info(workdir)["cache_hits"] == 0
     finally:
         with_model.terminate()
         with_model.wait(timeout=30)
