@@ -49,7 +49,8 @@ def _stage_params(stage: dict) -> set[str]:
 
 def test_each_stage_depends_on_every_key_it_reads_except_operational_ones() -> None:
     """A stage reruns when a key that shapes its outputs changes and only then: dvc.yaml lists each
-    section's keys except config.OPERATIONAL_KEYS (threads, endpoints, timeouts, retries, gates)."""
+    section's keys except config.OPERATIONAL_KEYS (threads, key names, timeouts, retries, gates; not the
+    endpoints, which decide who writes the outputs)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     every = _fields(Params)
     assert every >= OPERATIONAL_KEYS
