@@ -206,6 +206,7 @@ def test_what_a_failed_stage_leaves_under_repro(repo: Path, own_cache: Path) -> 
 
     (repo / "params.yaml").write_text(committed)
     sh(repo, "dvc", "repro", "-f", "-s", "generate")  # fills this test's shared cache
+    sh(repo, "git", "commit", "-qam", "generate again")  # the last good run, committed as a user would
     set_param(repo, "generate", "batch_size", 0)
     failed = subprocess.run(
         ["dvc", "repro"], cwd=repo, env=python_env(), capture_output=True, text=True, timeout=600
