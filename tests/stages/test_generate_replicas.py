@@ -132,7 +132,15 @@ def test_an_endpoint_that_comes_back_is_tried_again_and_rejoins(servers: list[An
     a = serve(servers, "--latency", "0.05")
     late_port = free_port()
     late = f"http://127.0.0.1:{late_port}/v1"
-    starter = threading.Timer(1.0, lambda: serve(servers, "--latency", "0.05", port=late_port))
+
+    def start_late() -> None:
+        # Once the first rewrite is cached, the pre-flight found the late server down (a fixed delay raced
+        # the run's own start-up on a busy machine).
+        while not (tmp_path / "cache.jsonl").exists():
+            time.sleep(0.02)
+        serve(servers, "--latency", "0.05", port=late_port)
+
+    starter = threading.Thread(target=start_late)
     starter.start()
     start = time.monotonic()
     m = run_generate(

@@ -281,7 +281,13 @@ def test_packed_training_through_the_trainer(tiny_model: Path, tmp_path: Path) -
     from genz_speak.training.sft import build_trainer
 
     cfg = replace(
-        TrainConfig(), backend="transformers", packing=True, batch_size=2, max_seq_length=128, max_steps=2
+        TrainConfig(),
+        backend="transformers",
+        packing=True,
+        batch_size=2,
+        max_seq_length=128,
+        max_steps=2,
+        cpu_precision="fp32",  # exact comparison below: bf16 autocast (the default on AMX CPUs) rounds
     )
     prepared = backends.load("transformers", tiny_model, cfg)
     assert prepared.model.config._attn_implementation == attention.VARLEN
